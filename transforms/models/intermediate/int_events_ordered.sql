@@ -1,0 +1,15 @@
+-- Each user's events in time order. Timestamp ties are broken by source-file order (event_seq),
+-- as RecBole does with its stable sort. held_out marks cold-item events under zero-shot.
+select
+    r.user_id,
+    r.item_id,
+    r.rating,
+    r.ts,
+    r.event_at,
+    r.event_seq,
+    r.is_like,
+    row_number() over (partition by r.user_id order by r.ts, r.event_seq) - 1 as position,
+    c.item_id is not null as is_cold_item,
+    ({{ var('zero_shot') }} and c.item_id is not null) as held_out
+from {{ ref('stg_ratings') }} as r
+left join {{ ref('cold_items') }} as c using (item_id)

@@ -1,0 +1,14 @@
+-- Every interaction, ordered per user (position 0 = first), with the like label.
+select
+    user_id,
+    item_id,
+    rating,
+    ts,
+    event_at,
+    event_seq,
+    position,
+    is_like,
+    is_cold_item,
+    held_out
+from {{ ref('int_events_ordered') }}
+order by user_id, position

@@ -1,0 +1,28 @@
+-- One row per user with events: the profile fields the behaviour text starts with (null where the
+-- source has no users file) and activity counts.
+with activity as (
+    select
+        user_id,
+        count(*) as n_events,
+        count(*) filter (where split = 'train') as n_train_events,
+        min(ts) as first_ts,
+        max(ts) as last_ts
+    from {{ ref('splits') }}
+    group by user_id
+)
+
+select
+    a.user_id,
+    row_number() over (order by try_cast(a.user_id as bigint) nulls last, a.user_id) - 1 as user_idx,
+    u.age,
+    u.gender,
+    u.occupation,
+    u.zip,
+    coalesce(u.attributes, '{}')::json as attributes,
+    a.n_events,
+    a.n_train_events,
+    a.first_ts,
+    a.last_ts
+from activity as a
+left join {{ ref('stg_users') }} as u using (user_id)
+order by user_idx

@@ -1,0 +1,10 @@
+-- Interactions with the like label. event_seq (source-file order) breaks timestamp ties.
+select
+    user_id,
+    item_id,
+    rating,
+    ts,
+    to_timestamp(ts) as event_at,
+    event_seq,
+    coalesce(rating > {{ var('like_threshold') }}, true) as is_like
+from {{ source('raw', 'ratings') }}
