@@ -42,12 +42,24 @@ def _download_wheel(cache_dir: Path) -> Path:
     wheels = sorted(cache_dir.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
     if wheels:
         return wheels[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-           f"recbole=={RECBOLE_VERSION}", "-d", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        f"recbole=={RECBOLE_VERSION}",
+        "-d",
+        str(cache_dir),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(cache_dir.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
     if result.returncode != 0 or not wheels:
         raise RuntimeError(
             f"could not download the RecBole {RECBOLE_VERSION} wheel that carries MovieLens-100K "
-            f"({' '.join(cmd)}):\n{result.stderr.strip()}\nOn an offline machine, copy the wheel into {cache_dir}.")
+            f"({' '.join(cmd)}):\n{result.stderr.strip()}\n"
+            f"On an offline machine, copy the wheel into {cache_dir}."
+        )
     return wheels[0]

@@ -6,7 +6,8 @@ Each reader returns a :class:`RawDataset` in the raw data contract (DESIGN.md §
 
 Generic format (a folder):
   ``interactions*.csv|tsv|parquet``  user_id, item_id, timestamp (Unix seconds or ISO-8601)[, rating]
-  ``items*.csv|tsv|parquet``         item_id, title[, release_year][, genres ("A|B" or a list)][, any other columns]
+  ``items*.csv|tsv|parquet``         item_id, title[, release_year][, genres ("A|B" or a list)]
+                                     [, any other columns, kept as JSON ``attributes``]
   ``users*.csv|tsv|parquet``         optional: user_id[, age, gender, occupation, zip][, any other columns]
 Several files of one kind (e.g. daily drops) are read in name order and concatenated.
 """
@@ -39,9 +40,25 @@ RATING_COLUMNS = ["user_id", "item_id", "rating", "ts", "event_seq"]
 ITEM_COLUMNS = ["item_id", "title", "release_year", "genres", "attributes"]
 USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip", "attributes"]
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-    "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 
@@ -73,8 +90,10 @@ def detect_format(folder: Path) -> str:
     if any(n.startswith("interactions") and n.endswith(TABLE_SUFFIXES) for n in names):
         return "generic"
     raise DataFormatError(
-        folder, "no behaviour logs found: expected interactions*.csv|tsv|parquet (generic format), "
-        "*.inter (RecBole) or u.data (original MovieLens-100K)")
+        folder,
+        "no behaviour logs found: expected interactions*.csv|tsv|parquet (generic format), "
+        "*.inter (RecBole) or u.data (original MovieLens-100K)",
+    )
 
 
 def read_source(folder: Path, source_format: str = "auto") -> RawDataset:
@@ -89,16 +108,21 @@ def read_source(folder: Path, source_format: str = "auto") -> RawDataset:
 
 # --- shared validation -------------------------------------------------------------------------
 
+
 def _ratings(table: Table, *, user: str, item: str, ts: str, rating: str | None) -> pd.DataFrame:
     require_columns(table, [user, item, ts])
-    frame = pd.DataFrame({
-        "user_id": text_column(table, user, required=True),
-        "item_id": text_column(table, item, required=True),
-        "rating": (number_column(table, rating, required=False, integer=False)
-                   if rating and rating in table.frame.columns else pd.array([pd.NA] * len(table.frame),
-                                                                             dtype="Float64")),
-        "ts": timestamp_column(table, ts),
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": text_column(table, user, required=True),
+            "item_id": text_column(table, item, required=True),
+            "rating": (
+                number_column(table, rating, required=False, integer=False)
+                if rating and rating in table.frame.columns
+                else pd.array([pd.NA] * len(table.frame), dtype="Float64")
+            ),
+            "ts": timestamp_column(table, ts),
+        }
+    )
     frame[LINE] = table.frame[LINE].to_numpy()
     frame["_file"] = str(table.path)
     return frame
@@ -109,17 +133,31 @@ def _check_known(ratings: pd.DataFrame, known: pd.Series, column: str, against: 
     if unknown.any():
         row = ratings[unknown].iloc[0]
         names = ", ".join(str(p) for p in against)
-        raise DataFormatError(row["_file"], f"{column} not found in {names}", line=int(row[LINE]),
-                              column=column, value=row[column])
+        raise DataFormatError(
+            row["_file"],
+            f"{column} not found in {names}",
+            line=int(row[LINE]),
+            column=column,
+            value=row[column],
+        )
 
 
-def _finish(ratings: list[pd.DataFrame], items: list[Table], item_frames: list[pd.DataFrame],
-            users: list[Table], user_frames: list[pd.DataFrame], fmt: str) -> RawDataset:
+def _finish(
+    ratings: list[pd.DataFrame],
+    items: list[Table],
+    item_frames: list[pd.DataFrame],
+    users: list[Table],
+    user_frames: list[pd.DataFrame],
+    fmt: str,
+) -> RawDataset:
     """Concatenate per-file frames, check keys across files and foreign keys, fix dtypes."""
     item_df = pd.concat(item_frames, ignore_index=True)
     _check_unique_across(items, item_frames, "item_id")
-    user_df = (pd.concat(user_frames, ignore_index=True) if user_frames
-               else pd.DataFrame({c: pd.Series(dtype=object) for c in USER_COLUMNS}))
+    user_df = (
+        pd.concat(user_frames, ignore_index=True)
+        if user_frames
+        else pd.DataFrame({c: pd.Series(dtype=object) for c in USER_COLUMNS})
+    )
     if user_frames:
         _check_unique_across(users, user_frames, "user_id")
     rating_df = pd.concat(ratings, ignore_index=True)
@@ -132,7 +170,11 @@ def _finish(ratings: list[pd.DataFrame], items: list[Table], item_frames: list[p
     files = [Path(f) for f in rating_df["_file"].unique()] + [t.path for t in items + users]
     return RawDataset(
         ratings=rating_df[RATING_COLUMNS].astype({"rating": "Float64", "ts": "Int64"}),
-        items=item_df[ITEM_COLUMNS], users=user_df[USER_COLUMNS], source_format=fmt, files=files)
+        items=item_df[ITEM_COLUMNS],
+        users=user_df[USER_COLUMNS],
+        source_format=fmt,
+        files=files,
+    )
 
 
 def _check_unique_across(tables: list[Table], frames: list[pd.DataFrame], column: str) -> None:
@@ -142,8 +184,9 @@ def _check_unique_across(tables: list[Table], frames: list[pd.DataFrame], column
     for table, frame in zip(tables, frames, strict=True):
         for i, key in enumerate(frame[column]):
             if key in seen:
-                raise table.error(f"duplicate {column}, already defined in {seen[key]}", row=i,
-                                  column=column, value=key)
+                raise table.error(
+                    f"duplicate {column}, already defined in {seen[key]}", row=i, column=column, value=key
+                )
         seen.update(dict.fromkeys(frame[column], table.path))
 
 
@@ -153,27 +196,51 @@ def _attributes(table: Table, known: set[str]) -> pd.Series:
     if not extra:
         return pd.Series(["{}"] * len(table.frame), dtype=object)
     values = {c: text_column(table, c, required=False) for c in extra}
-    return pd.Series([json.dumps({c: values[c].iloc[i] for c in extra if values[c].iloc[i] is not None},
-                                 ensure_ascii=False) for i in range(len(table.frame))], dtype=object)
+    return pd.Series(
+        [
+            json.dumps(
+                {c: values[c].iloc[i] for c in extra if values[c].iloc[i] is not None}, ensure_ascii=False
+            )
+            for i in range(len(table.frame))
+        ],
+        dtype=object,
+    )
 
 
-def _user_frame(table: Table, *, age: str = "age", gender: str = "gender", occupation: str = "occupation",
-                zip_code: str = "zip") -> pd.DataFrame:
+def _user_frame(
+    table: Table,
+    *,
+    age: str = "age",
+    gender: str = "gender",
+    occupation: str = "occupation",
+    zip_code: str = "zip",
+) -> pd.DataFrame:
     def optional(col: str) -> pd.Series:
-        return (text_column(table, col, required=False) if col in table.frame.columns
-                else pd.Series([None] * len(table.frame), dtype=object))
+        return (
+            text_column(table, col, required=False)
+            if col in table.frame.columns
+            else pd.Series([None] * len(table.frame), dtype=object)
+        )
 
     require_columns(table, ["user_id"])
-    return pd.DataFrame({
-        "user_id": text_column(table, "user_id", required=True),
-        "age": (number_column(table, age, required=False, integer=True) if age in table.frame.columns
-                else pd.array([pd.NA] * len(table.frame), dtype="Int64")),
-        "gender": optional(gender), "occupation": optional(occupation), "zip": optional(zip_code),
-        "attributes": _attributes(table, {"user_id", age, gender, occupation, zip_code}),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": text_column(table, "user_id", required=True),
+            "age": (
+                number_column(table, age, required=False, integer=True)
+                if age in table.frame.columns
+                else pd.array([pd.NA] * len(table.frame), dtype="Int64")
+            ),
+            "gender": optional(gender),
+            "occupation": optional(occupation),
+            "zip": optional(zip_code),
+            "attributes": _attributes(table, {"user_id", age, gender, occupation, zip_code}),
+        }
+    )
 
 
 # --- RecBole atomic files (the default ML-100K copy) ---------------------------------------------
+
 
 def _read_atomic(path: Path) -> Table:
     """RecBole atomic file: tab-separated, header ``name:type``, no quoting."""
@@ -189,13 +256,18 @@ def read_recbole(folder: Path) -> RawDataset:
     item_table = _read_atomic(_only(folder, "*.item"))
     require_columns(item_table, ["item_id", "movie_title", "release_year", "class"])
     _repair_recbole_years(item_table.frame)
-    items = pd.DataFrame({
-        "item_id": text_column(item_table, "item_id", required=True),
-        "title": text_column(item_table, "movie_title", required=True),
-        "release_year": number_column(item_table, "release_year", required=False, integer=True),
-        "genres": [[x for x in g.split() if x != "unknown"] if g else [] for g in text_column(item_table, "class", required=False)],
-        "attributes": "{}",
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": text_column(item_table, "item_id", required=True),
+            "title": text_column(item_table, "movie_title", required=True),
+            "release_year": number_column(item_table, "release_year", required=False, integer=True),
+            "genres": [
+                [x for x in g.split() if x != "unknown"] if g else []
+                for g in text_column(item_table, "class", required=False)
+            ],
+            "attributes": "{}",
+        }
+    )
     user_paths = sorted(folder.glob("*.user"))
     user_tables = [_read_atomic(p) for p in user_paths]
     user_frames = [_user_frame(t, zip_code="zip_code") for t in user_tables]
@@ -230,16 +302,29 @@ _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 def read_ml100k(folder: Path) -> RawDataset:
     """``u.data`` (tab), ``u.item`` and ``u.user`` (pipe, Latin-1 as GroupLens ships them)."""
     folder = Path(folder)
-    data = read_delimited(folder / "u.data", delimiter="\t", names=["user_id", "item_id", "rating", "ts"],
-                          quoting=csv.QUOTE_NONE)
+    data = read_delimited(
+        folder / "u.data",
+        delimiter="\t",
+        names=["user_id", "item_id", "rating", "ts"],
+        quoting=csv.QUOTE_NONE,
+    )
     genre_names = ML100K_GENRES
     if (folder / "u.genre").exists():
-        genre_table = read_delimited(folder / "u.genre", delimiter="|", names=["genre", "idx"],
-                                     encoding="latin-1", quoting=csv.QUOTE_NONE)
+        genre_table = read_delimited(
+            folder / "u.genre",
+            delimiter="|",
+            names=["genre", "idx"],
+            encoding="latin-1",
+            quoting=csv.QUOTE_NONE,
+        )
         genre_names = list(genre_table.frame["genre"])
     item_table = read_delimited(
-        folder / "u.item", delimiter="|", encoding="latin-1", quoting=csv.QUOTE_NONE,
-        names=["item_id", "title", "release_date", "video_release_date", "imdb_url", *genre_names])
+        folder / "u.item",
+        delimiter="|",
+        encoding="latin-1",
+        quoting=csv.QUOTE_NONE,
+        names=["item_id", "title", "release_date", "video_release_date", "imdb_url", *genre_names],
+    )
     titles, years = [], []
     for i, raw in enumerate(text_column(item_table, "title", required=True)):
         match = _TITLE_YEAR.match(raw)
@@ -251,25 +336,38 @@ def read_ml100k(folder: Path) -> RawDataset:
     bad = ~flags.isin(["0", "1"])
     if bad.to_numpy().any():
         row, col = (int(x[0]) for x in bad.to_numpy().nonzero())
-        raise item_table.error("genre flag must be 0 or 1", row=row, column=genre_names[col],
-                               value=flags.iat[row, col])
-    items = pd.DataFrame({
-        "item_id": text_column(item_table, "item_id", required=True),
-        "title": titles,
-        "release_year": pd.array(years, dtype="Int64"),
-        "genres": [[g for g in genre_names if r[g] == "1" and g != "unknown"] for _, r in flags.iterrows()],
-        "attributes": "{}",
-    })
-    user_table = read_delimited(folder / "u.user", delimiter="|", encoding="latin-1", quoting=csv.QUOTE_NONE,
-                                names=["user_id", "age", "gender", "occupation", "zip"])
+        raise item_table.error(
+            "genre flag must be 0 or 1", row=row, column=genre_names[col], value=flags.iat[row, col]
+        )
+    items = pd.DataFrame(
+        {
+            "item_id": text_column(item_table, "item_id", required=True),
+            "title": titles,
+            "release_year": pd.array(years, dtype="Int64"),
+            "genres": [
+                [g for g in genre_names if r[g] == "1" and g != "unknown"] for _, r in flags.iterrows()
+            ],
+            "attributes": "{}",
+        }
+    )
+    user_table = read_delimited(
+        folder / "u.user",
+        delimiter="|",
+        encoding="latin-1",
+        quoting=csv.QUOTE_NONE,
+        names=["user_id", "age", "gender", "occupation", "zip"],
+    )
     ratings = _ratings(data, user="user_id", item="item_id", ts="ts", rating="rating")
     return _finish([ratings], [item_table], [items], [user_table], [_user_frame(user_table)], "ml-100k")
 
 
 # --- generic CSV / Parquet -------------------------------------------------------------------------
 
+
 def _files(folder: Path, stem: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.name.startswith(stem) and p.suffix.lower() in TABLE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.name.startswith(stem) and p.suffix.lower() in TABLE_SUFFIXES
+    )
 
 
 def _genres(table: Table) -> list[list[str]]:
@@ -300,15 +398,21 @@ def read_generic(folder: Path) -> RawDataset:
         table = read_table(path)
         require_columns(table, ["item_id", "title"])
         item_tables.append(table)
-        item_frames.append(pd.DataFrame({
-            "item_id": text_column(table, "item_id", required=True),
-            "title": text_column(table, "title", required=True),
-            "release_year": (number_column(table, "release_year", required=False, integer=True)
-                             if "release_year" in table.frame.columns
-                             else pd.array([pd.NA] * len(table.frame), dtype="Int64")),
-            "genres": _genres(table),
-            "attributes": _attributes(table, {"item_id", "title", "release_year", "genres"}),
-        }))
+        item_frames.append(
+            pd.DataFrame(
+                {
+                    "item_id": text_column(table, "item_id", required=True),
+                    "title": text_column(table, "title", required=True),
+                    "release_year": (
+                        number_column(table, "release_year", required=False, integer=True)
+                        if "release_year" in table.frame.columns
+                        else pd.array([pd.NA] * len(table.frame), dtype="Int64")
+                    ),
+                    "genres": _genres(table),
+                    "attributes": _attributes(table, {"item_id", "title", "release_year", "genres"}),
+                }
+            )
+        )
     user_tables = [read_table(p) for p in _files(folder, "users")]
     user_frames = [_user_frame(t) for t in user_tables]
     return _finish(ratings, item_tables, item_frames, user_tables, user_frames, "generic")

@@ -49,8 +49,9 @@ class Table:
     frame: pd.DataFrame
     unit: str  # "line" for text files, "row" for Parquet
 
-    def error(self, reason: str, *, row: int | None = None, column: str | None = None,
-              value: object = None) -> DataFormatError:
+    def error(
+        self, reason: str, *, row: int | None = None, column: str | None = None, value: object = None
+    ) -> DataFormatError:
         line = int(self.frame[LINE].iloc[row]) if row is not None else None
         return DataFormatError(self.path, reason, line=line, column=column, value=value, unit=self.unit)
 
@@ -64,8 +65,10 @@ def _decode(path: Path, encoding: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataFormatError(
-            path, f"not valid {encoding} text (byte {exc.start}); re-save the file as {encoding}",
-            line=line, value=raw[exc.start : exc.end].hex(" "),
+            path,
+            f"not valid {encoding} text (byte {exc.start}); re-save the file as {encoding}",
+            line=line,
+            value=raw[exc.start : exc.end].hex(" "),
         ) from None
     return text.removeprefix("\ufeff")
 
@@ -80,7 +83,9 @@ def read_delimited(
 ) -> Table:
     """Read a delimited text file; the first line is the header unless ``names`` is given."""
     path = Path(path)
-    reader = csv.reader(io.StringIO(_decode(path, encoding), newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(
+        io.StringIO(_decode(path, encoding), newline=""), delimiter=delimiter, quoting=quoting
+    )
     header = list(names) if names is not None else None
     rows: list[list[str]] = []
     lines: list[int] = []
@@ -95,8 +100,10 @@ def read_delimited(
             continue
         if len(record) != len(header):
             raise DataFormatError(
-                path, f"expected {len(header)} fields ({delimiter!r}-separated), found {len(record)}",
-                line=reader.line_num, value=delimiter.join(record)[:200],
+                path,
+                f"expected {len(header)} fields ({delimiter!r}-separated), found {len(record)}",
+                line=reader.line_num,
+                value=delimiter.join(record)[:200],
             )
         rows.append(record)
         lines.append(reader.line_num)
@@ -135,8 +142,9 @@ def require_columns(table: Table, required: Sequence[str]) -> None:
     missing = [c for c in required if c not in table.frame.columns]
     if missing:
         found = ", ".join(c for c in table.frame.columns if c != LINE)
-        raise DataFormatError(table.path, f"missing required column(s) {missing}; found: {found}",
-                              column=missing[0])
+        raise DataFormatError(
+            table.path, f"missing required column(s) {missing}; found: {found}", column=missing[0]
+        )
 
 
 def _blank(value: object) -> bool:
@@ -183,8 +191,9 @@ def timestamp_column(table: Table, column: str) -> pd.Series:
     bad = parsed.isna() & numeric.isna()
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
-        raise table.error("not a Unix timestamp or ISO-8601 date-time", row=i, column=column,
-                          value=raw.iloc[i])
+        raise table.error(
+            "not a Unix timestamp or ISO-8601 date-time", row=i, column=column, value=raw.iloc[i]
+        )
     seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     return numeric.fillna(seconds).astype("Int64")
 
@@ -194,7 +203,11 @@ def check_unique(table: Table, keys: pd.Series, column: str) -> None:
     dup = keys.duplicated(keep="first") & keys.notna()
     if dup.any():
         i = int(dup.to_numpy().nonzero()[0][0])
-        first = int(((keys == keys.iloc[i]).to_numpy().nonzero()[0][0]))
+        first = int((keys == keys.iloc[i]).to_numpy().nonzero()[0][0])
         first_line = int(table.frame[LINE].iloc[first])
-        raise table.error(f"duplicate {column} (first seen at {table.unit} {first_line})",
-                          row=i, column=column, value=keys.iloc[i])
+        raise table.error(
+            f"duplicate {column} (first seen at {table.unit} {first_line})",
+            row=i,
+            column=column,
+            value=keys.iloc[i],
+        )

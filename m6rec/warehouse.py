@@ -20,14 +20,16 @@ from m6rec.sources import RawDataset
 RAW_SCHEMA = "raw"
 RAW_DDL = {
     "ratings": "user_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, rating DOUBLE, ts BIGINT NOT NULL, "
-               "event_seq BIGINT NOT NULL",
+    "event_seq BIGINT NOT NULL",
     "items": "item_id VARCHAR NOT NULL, title VARCHAR NOT NULL, release_year INTEGER, genres VARCHAR[], "
-             "attributes JSON",
+    "attributes JSON",
     "users": "user_id VARCHAR NOT NULL, age INTEGER, gender VARCHAR, occupation VARCHAR, zip VARCHAR, "
-             "attributes JSON",
+    "attributes JSON",
 }
-LOAD_LOG_DDL = ("loaded_at TIMESTAMP, source VARCHAR, source_format VARCHAR, files JSON, "
-                "ratings BIGINT, items BIGINT, users BIGINT")
+LOAD_LOG_DDL = (
+    "loaded_at TIMESTAMP, source VARCHAR, source_format VARCHAR, files JSON, "
+    "ratings BIGINT, items BIGINT, users BIGINT"
+)
 
 
 class WarehouseLockedError(RuntimeError):
@@ -35,8 +37,9 @@ class WarehouseLockedError(RuntimeError):
 
 
 @contextmanager
-def connect(path: Path | str, *, read_only: bool = False, wait_s: float = 120.0) -> Iterator[
-        duckdb.DuckDBPyConnection]:
+def connect(
+    path: Path | str, *, read_only: bool = False, wait_s: float = 120.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse, waiting up to ``wait_s`` for another process's lock to clear."""
     path = str(path)
     if path != ":memory:" and not read_only:
@@ -52,7 +55,8 @@ def connect(path: Path | str, *, read_only: bool = False, wait_s: float = 120.0)
             if time.monotonic() >= deadline:
                 raise WarehouseLockedError(
                     f"DuckDB warehouse {path} is locked by another process for more than {wait_s:.0f}s "
-                    f"(DuckDB allows one writer at a time): {exc}") from exc
+                    f"(DuckDB allows one writer at a time): {exc}"
+                ) from exc
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     try:
@@ -77,8 +81,16 @@ def replace_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, sou
         counts = dataset.row_counts()
         conn.execute(
             f"INSERT INTO {RAW_SCHEMA}.load_log VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [datetime.now(UTC).replace(tzinfo=None), source, dataset.source_format,
-             json.dumps([str(f) for f in dataset.files]), counts["ratings"], counts["items"], counts["users"]])
+            [
+                datetime.now(UTC).replace(tzinfo=None),
+                source,
+                dataset.source_format,
+                json.dumps([str(f) for f in dataset.files]),
+                counts["ratings"],
+                counts["items"],
+                counts["users"],
+            ],
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -87,7 +99,10 @@ def replace_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, sou
 
 def table_counts(conn: duckdb.DuckDBPyConnection, schema: str) -> dict[str, int]:
     """Row count of every table in a schema (for asset metadata)."""
-    names = [r[0] for r in conn.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [schema]
-    ).fetchall()]
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [schema]
+        ).fetchall()
+    ]
     return {n: conn.execute(f'SELECT count(*) FROM {schema}."{n}"').fetchall()[0][0] for n in names}

@@ -1,3 +1,4 @@
+{{ config(meta={"dagster": {"ref": {"name": "ctr_examples"}}}) }}
 -- CTR history holds at most N events, all at or before the target's time, none held out.
 select e.example_id
 from {{ ref('ctr_examples') }} as e

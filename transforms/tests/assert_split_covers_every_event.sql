@@ -1,3 +1,4 @@
+{{ config(meta={"dagster": {"ref": {"name": "splits"}}}) }}
 -- Every interaction is assigned to exactly one split.
 select 'missing' as problem, r.event_seq
 from {{ ref('stg_ratings') }} as r

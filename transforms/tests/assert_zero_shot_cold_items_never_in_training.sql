@@ -1,3 +1,4 @@
+{{ config(meta={"dagster": {"ref": {"name": "splits"}}}) }}
 -- Under zero-shot, a cold item never appears in train/valid/test; without it, no event is 'cold'.
 select s.*
 from {{ ref('splits') }} as s

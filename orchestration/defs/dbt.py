@@ -1,0 +1,83 @@
+"""dbt transforms as Dagster assets; dbt tests show up as asset checks."""
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
+
+from orchestration import settings
+from orchestration.defs.resources import WarehouseResource
+
+dbt_project = DbtProject(project_dir=settings.DBT_PROJECT_DIR)
+
+
+def _manifest_is_stale(project: DbtProject) -> bool:
+    manifest = Path(project.manifest_path)
+    if not manifest.exists():
+        return True
+    sources = [
+        p
+        for p in Path(project.project_dir).rglob("*")
+        if p.suffix in {".sql", ".yml", ".yaml"} and "target" not in p.relative_to(project.project_dir).parts
+    ]
+    return max(p.stat().st_mtime for p in sources) > manifest.stat().st_mtime
+
+
+dbt_project.prepare_if_dev()
+if _manifest_is_stale(dbt_project):
+    # `dagster asset materialize`, `dagster job execute` and tests skip prepare_if_dev(): parse here so
+    # the asset graph always matches the dbt project on disk.
+    dbt_project.preparer.prepare(dbt_project)
+
+
+class M6RecDbtTranslator(DagsterDbtTranslator):
+    """Keys are ``[schema, name]`` (``marts/splits``, ``raw/ratings``); groups are the dbt folders."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return dg.AssetKey([dbt_resource_props["source_name"], dbt_resource_props["name"]])
+        return dg.AssetKey([dbt_resource_props["config"]["schema"], dbt_resource_props["name"]])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return dbt_resource_props["fqn"][1] if len(dbt_resource_props["fqn"]) > 2 else "transforms"
+
+
+class DbtBuildConfig(dg.Config):
+    """dbt project variables (transforms/dbt_project.yml holds the defaults)."""
+
+    zero_shot: bool = False
+    ctr_history_length: int = 10
+    like_threshold: float = 3
+    cold_item_fraction: float = 0.05
+    cold_item_min_interactions: int = 10
+    cold_item_seed: str = "m6rec"
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=M6RecDbtTranslator(
+        settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
+    ),
+    pool="duckdb",
+)
+def m6rec_dbt(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    warehouse: WarehouseResource,
+    config: DbtBuildConfig,
+):
+    """``dbt build``: models and their tests, against the warehouse file the resource names."""
+    os.environ["M6REC_DUCKDB_PATH"] = str(Path(warehouse.database).resolve())  # read by profiles.yml
+    dbt_vars = json.dumps(config.model_dump())
+    yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()

@@ -1,0 +1,51 @@
+"""Resources shared by every stage: the DuckDB warehouse and the dbt CLI."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from dagster_dbt import DbtCliResource
+
+from m6rec.warehouse import connect
+from orchestration import settings
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The embedded DuckDB file. DuckDB has one writer per file: a connection that meets another
+    process's lock waits up to ``lock_wait_s`` and then fails with a message saying so; inside
+    Dagster every step that opens it also sits in the ``duckdb`` concurrency pool."""
+
+    database: str
+    lock_wait_s: float = 120.0
+
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connect(self.database, read_only=read_only, wait_s=self.lock_wait_s) as conn:
+            yield conn
+
+    def read(self, sql: str) -> pd.DataFrame:
+        with self.connect(read_only=True) as conn:
+            return conn.execute(sql).df()
+
+
+class QualityThresholds(dg.ConfigurableResource):
+    """Ranges the suites accept; change them for logs on another rating scale."""
+
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    earliest_ts: int = 0  # 1970-01-01
+    max_history_length: int = 50
+    min_train_fraction: float = 0.5
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "warehouse": WarehouseResource(database=str(settings.warehouse_path())),
+            "dbt": DbtCliResource(project_dir=str(settings.DBT_PROJECT_DIR)),
+            "quality": QualityThresholds(),
+        }
+    )

@@ -1,0 +1,32 @@
+"""Where the pipeline keeps its files. Environment variables override every default.
+
+- ``M6REC_HOME``: data folder (default ``<repo>/data``): warehouse, caches, incoming drops.
+- ``M6REC_DUCKDB_PATH``: the DuckDB warehouse file (default ``$M6REC_HOME/warehouse.duckdb``);
+  dbt's ``transforms/profiles.yml`` reads the same variable.
+- ``M6REC_INCOMING``: folder the sensor watches (default ``$M6REC_HOME/incoming``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DBT_PROJECT_DIR = REPO_ROOT / "transforms"
+DEFAULT_SOURCE = "movielens-100k"
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("M6REC_HOME", REPO_ROOT / "data")).resolve()
+
+
+def warehouse_path() -> Path:
+    return Path(os.environ.get("M6REC_DUCKDB_PATH", data_home() / "warehouse.duckdb")).resolve()
+
+
+def incoming_dir() -> Path:
+    return Path(os.environ.get("M6REC_INCOMING", data_home() / "incoming")).resolve()
+
+
+def cache_dir() -> Path:
+    return data_home() / "cache"
