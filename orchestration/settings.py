@@ -4,6 +4,7 @@
 - ``M6REC_DUCKDB_PATH``: the DuckDB warehouse file (default ``$M6REC_HOME/warehouse.duckdb``);
   dbt's ``transforms/profiles.yml`` reads the same variable.
 - ``M6REC_INCOMING``: folder the sensor watches (default ``$M6REC_HOME/incoming``).
+- ``M6REC_CACHE``: downloaded and converted inputs (default ``$M6REC_HOME/cache``).
 """
 
 from __future__ import annotations
@@ -29,4 +30,4 @@ def incoming_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return data_home() / "cache"
+    return Path(os.environ.get("M6REC_CACHE", data_home() / "cache")).resolve()

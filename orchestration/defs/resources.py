@@ -42,10 +42,13 @@ class QualityThresholds(dg.ConfigurableResource):
 
 @dg.definitions
 def resources() -> dg.Definitions:
+    # In-process execution: one process per run, so DuckDB's single writer is never contended
+    # inside a run (multiprocess would also re-import torch and dbt for every step).
     return dg.Definitions(
+        executor=dg.in_process_executor,
         resources={
             "warehouse": WarehouseResource(database=str(settings.warehouse_path())),
             "dbt": DbtCliResource(project_dir=str(settings.DBT_PROJECT_DIR)),
             "quality": QualityThresholds(),
-        }
+        },
     )

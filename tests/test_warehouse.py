@@ -1,0 +1,71 @@
+"""The raw swap is all-or-nothing, and a second writer gets a clear message instead of a corrupt file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from m6rec.sources import read_source
+from m6rec.tabular import DataFormatError
+from m6rec.warehouse import WarehouseLockedError, connect, replace_raw_tables, table_counts
+from tests.conftest import INTERACTIONS
+
+
+def test_swap_then_failed_loads_leave_previous_tables(tmp_path: Path, write_generic, monkeypatch) -> None:
+    db = tmp_path / "w.duckdb"
+    good = write_generic("good")
+    with connect(db) as conn:
+        replace_raw_tables(conn, read_source(good), str(good))
+    before = {"ratings": 10, "items": 5, "users": 4, "load_log": 1}
+    with connect(db) as conn:
+        assert table_counts(conn, "raw") == before
+
+    # 1. A malformed file fails while reading, before any write.
+    bad = write_generic("bad", interactions=INTERACTIONS.replace("u1,i3,1020,4", "u1,i3,1020,x"))
+    with pytest.raises(DataFormatError):
+        replace_raw_tables(None, read_source(bad), str(bad))  # type: ignore[arg-type]
+
+    # 2. A failure in the middle of the swap (after ratings were replaced) rolls everything back.
+    bigger = read_source(write_generic("bigger", interactions=INTERACTIONS + "u4,i5,1900,2\n"))
+    bigger.users = bigger.users.drop(columns=["zip"])  # the users insert fails after ratings/items
+    with connect(db) as conn, pytest.raises(Exception, match="zip"):
+        replace_raw_tables(conn, bigger, "bigger")
+    with connect(db, read_only=True) as conn:
+        assert table_counts(conn, "raw") == before
+        assert conn.execute("select count(*) from raw.ratings where item_id = 'i5'").fetchall() == [(0,)]
+
+
+def test_second_writer_waits_then_fails_clearly(tmp_path: Path) -> None:
+    db = tmp_path / "locked.duckdb"
+    with connect(db) as conn:
+        conn.execute("create table t as select 1 as x")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+        import duckdb, sys, time
+        con = duckdb.connect({str(db)!r})
+        print("locked", flush=True)
+        time.sleep(30)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with (
+            pytest.raises(WarehouseLockedError, match=r"locked by another process for more than 1s"),
+            connect(db, wait_s=1.0),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with connect(db, wait_s=10) as conn:  # free again once the other writer is gone
+        assert conn.execute("select x from t").fetchall() == [(1,)]
