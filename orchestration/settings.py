@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +33,9 @@ def incoming_dir() -> Path:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("M6REC_CACHE", data_home() / "cache")).resolve()
+
+
+def dbt_executable() -> str:
+    """The ``dbt`` beside this interpreter (a venv not on PATH), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"

@@ -48,7 +48,9 @@ def resources() -> dg.Definitions:
         executor=dg.in_process_executor,
         resources={
             "warehouse": WarehouseResource(database=str(settings.warehouse_path())),
-            "dbt": DbtCliResource(project_dir=str(settings.DBT_PROJECT_DIR)),
+            "dbt": DbtCliResource(
+                project_dir=str(settings.DBT_PROJECT_DIR), dbt_executable=settings.dbt_executable()
+            ),
             "quality": QualityThresholds(),
         },
     )
