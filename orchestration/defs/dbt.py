@@ -33,11 +33,12 @@ def _manifest_is_stale(project: DbtProject) -> bool:
     return max(p.stat().st_mtime for p in sources) > manifest.stat().st_mtime
 
 
-dbt_project.prepare_if_dev()
 if _manifest_is_stale(dbt_project):
-    # `dagster asset materialize`, `dagster job execute` and tests skip prepare_if_dev(): parse here so
-    # the asset graph always matches the dbt project on disk.
-    dbt_project.preparer.prepare(dbt_project)
+    # `dg launch`, tests and a fresh clone have no (or an old) manifest: parse so the asset graph always
+    # matches the dbt project on disk. (prepare_if_dev() would only do this under `dg dev`.)
+    DbtCliResource(project_dir=dbt_project, dbt_executable=settings.dbt_executable()).cli(
+        ["parse", "--quiet"], target_path=dbt_project.target_path
+    ).wait()
 
 
 class M6RecDbtTranslator(DagsterDbtTranslator):

@@ -1,0 +1,271 @@
+"""One training loop for every m6rec model, on Hugging Face ``accelerate``.
+
+CUDA is picked automatically (bf16 autocast there; fp32 on CPU, where bf16 is slower), with
+gradient accumulation, evaluation every N steps and early stopping on a validation metric, the best
+weights kept, a checkpoint after every evaluation that a killed run resumes from, seeds, a tqdm
+progress bar and metrics appended to ``metrics.jsonl`` for the pipeline to read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings; the model's own hyperparameters live with the model."""
+
+    output_dir: str
+    max_steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    eval_every: int = 100
+    metric: str = "ndcg@10"
+    mode: str = "max"  # or "min" (e.g. logloss)
+    patience: int = 5  # evaluations without improvement before stopping
+    max_seconds: float | None = None  # wall-clock budget: stop after the evaluation that passes it
+    seed: int = 0
+    mixed_precision: str = "auto"  # "auto" = bf16 on CUDA, none on CPU
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    best_metric: float
+    best_step: int
+    steps: int
+    seconds: float
+    stopped: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def _atomic_replace(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place (the old one is removed only afterwards)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class Trainer:
+    """Runs ``loss_fn(model, batch)`` over ``train_loader`` (cycled) until ``max_steps``, early stopping
+    or the time budget; ``eval_fn(model)`` returns validation metrics including ``config.metric``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        train_loader: DataLoader,
+        eval_fn: EvalFn,
+        config: TrainConfig,
+        *,
+        log: Callable[[str], None] | None = None,
+        params: Iterable[torch.nn.Parameter] | None = None,
+    ) -> None:
+        self.config, self.loss_fn, self.eval_fn, self.log = config, loss_fn, eval_fn, log or (lambda _: None)
+        precision = config.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        # A seedable sampler reshuffles by (seed, epoch), so a resumed run sees the same batches.
+        self.accelerator = Accelerator(
+            mixed_precision=precision,
+            gradient_accumulation_steps=config.grad_accum,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        set_seed(config.seed)
+        trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(config.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, train_loader, scheduler
+        )
+        self.out = Path(config.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "best_metric": None,
+            "best_step": 0,
+            "bad_evals": 0,
+            "seconds": 0.0,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def _save_checkpoint(self) -> None:
+        tmp = self.out / "checkpoint.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.save_state(str(tmp), safe_serialization=False)
+        (tmp / "trainer_state.json").write_text(json.dumps(self.state))
+        _atomic_replace(tmp, self.out / "checkpoint")
+
+    def _save_best(self) -> None:
+        tmp = self.out / "best.pt.tmp"
+        torch.save(self.accelerator.unwrap_model(self.model).state_dict(), tmp)
+        tmp.replace(self.out / "best.pt")
+
+    def _maybe_resume(self) -> bool:
+        ckpt = self.out / "checkpoint"
+        if not (self.config.resume and (ckpt / "trainer_state.json").exists()):
+            return False
+        self.accelerator.load_state(str(ckpt))
+        self.state = json.loads((ckpt / "trainer_state.json").read_text())
+        self.log(f"resumed from {ckpt} at step {self.state['step']}")
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = dict(self.eval_fn(self.accelerator.unwrap_model(self.model)))
+        self.model.train()
+        return metrics
+
+    def _batches(self):
+        """Cycle over epochs; after a resume, skip the batches of the interrupted epoch already seen."""
+        while True:
+            loader = self.train_loader
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(self.state["epoch"])
+            if self.state["batch_in_epoch"]:
+                loader = self.accelerator.skip_first_batches(loader, self.state["batch_in_epoch"])
+            for batch in loader:
+                self.state["batch_in_epoch"] += 1
+                yield batch
+            self.state["epoch"] += 1
+            self.state["batch_in_epoch"] = 0
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        self._maybe_resume()
+        if self.state["step"] == 0 and self.state["best_metric"] is None:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        start, elapsed_before = time.perf_counter(), self.state["seconds"]
+        history: list[dict[str, float]] = []
+        stopped = "max_steps"
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.state["step"], disable=not cfg.progress, desc="train")
+        running, seen = 0.0, 0
+        batches = self._batches()
+        while self.state["step"] < cfg.max_steps:
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                    loss = self.loss_fn(self.model, batch)
+                    self.accelerator.backward(loss)
+                    if cfg.max_grad_norm and self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                running, seen = running + float(loss.detach()), seen + 1
+            self.state["step"] += 1
+            bar.update(1)
+            step = self.state["step"]
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                self.state["seconds"] = elapsed_before + time.perf_counter() - start
+                metrics = self._evaluate()
+                value = metrics[cfg.metric]
+                record = {
+                    "step": step,
+                    "epoch": self.state["epoch"],
+                    "train_loss": running / max(seen, 1),
+                    "seconds": round(self.state["seconds"], 2),
+                    **metrics,
+                }
+                running, seen = 0.0, 0
+                history.append(record)
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                best = self.state["best_metric"]
+                if best is None or _better(value, best, cfg.mode):
+                    self.state.update(best_metric=value, best_step=step, bad_evals=0)
+                    self._save_best()
+                else:
+                    self.state["bad_evals"] += 1
+                bar.set_postfix({cfg.metric: f"{value:.4f}", "best": f"{self.state['best_metric']:.4f}"})
+                self.log(
+                    f"step {step}: "
+                    + ", ".join(
+                        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in record.items()
+                        if k != "step"
+                    )
+                )
+                self._save_checkpoint()
+                if self.state["bad_evals"] >= cfg.patience:
+                    stopped = "early_stopping"
+                    break
+                if cfg.max_seconds is not None and self.state["seconds"] >= cfg.max_seconds:
+                    stopped = "time_budget"
+                    break
+        bar.close()
+        self.state["seconds"] = elapsed_before + time.perf_counter() - start
+        self.load_best()
+        best_metric = self.state["best_metric"]
+        return TrainResult(
+            best_metric=math.nan if best_metric is None else best_metric,
+            best_step=self.state["best_step"],
+            steps=self.state["step"],
+            seconds=self.state["seconds"],
+            stopped=stopped,
+            history=history,
+            device=str(self.device),
+        )
+
+    def load_best(self) -> None:
+        best = self.out / "best.pt"
+        if best.exists():
+            self.accelerator.unwrap_model(self.model).load_state_dict(
+                torch.load(best, map_location=self.device)
+            )
+
+
+def result_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any]:
+    """What the pipeline attaches to a training asset."""
+    return {
+        "best_" + config.metric: result.best_metric,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "stopped": result.stopped,
+        "device": result.device,
+        "config": asdict(config),
+    }

@@ -1,0 +1,82 @@
+"""The training loop: it learns, stops early, keeps the best weights and resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from m6rec.trainer import TrainConfig, Trainer
+
+torch.set_num_threads(1)
+
+
+def _problem(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.01 * torch.randn(256, generator=g)
+    return x, y
+
+
+def _trainer(out: Path, max_steps: int, *, patience: int = 100, eval_x=None) -> Trainer:
+    x, y = _problem()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+
+    def loss_fn(m, batch):
+        bx, by = batch
+        return torch.nn.functional.mse_loss(m(bx).squeeze(-1), by)
+
+    def eval_fn(m):
+        return {"mse": float(torch.nn.functional.mse_loss(m(x).squeeze(-1), y))}
+
+    cfg = TrainConfig(
+        output_dir=str(out),
+        max_steps=max_steps,
+        lr=0.05,
+        eval_every=10,
+        metric="mse",
+        mode="min",
+        patience=patience,
+        progress=False,
+    )
+    return Trainer(model, loss_fn, loader, eval_fn, cfg)
+
+
+def test_learns_and_logs_metrics(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, 60)
+    result = trainer.fit()
+    assert result.steps == 60 and result.stopped == "max_steps"
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [10, 20, 30, 40, 50, 60]
+    assert lines[-1]["mse"] < 0.2 * lines[0]["mse"] and result.best_metric == lines[-1]["mse"]
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "checkpoint" / "trainer_state.json").exists()
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    straight = _trainer(tmp_path / "straight", 40)
+    straight.fit()
+    first = _trainer(tmp_path / "resumed", 20)  # "killed" after the step-20 checkpoint
+    first.fit()
+    second = _trainer(tmp_path / "resumed", 40)
+    result = second.fit()
+    assert result.steps == 40
+    a = straight.accelerator.unwrap_model(straight.model).weight
+    b = second.accelerator.unwrap_model(second.model).weight
+    torch.testing.assert_close(a, b)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]
+
+
+def test_early_stopping_keeps_best_weights(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, 1000, patience=2)
+    trainer.config.lr = 0.05
+    result = trainer.fit()
+    assert result.stopped == "early_stopping" and result.steps < 1000
+    final = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert result.best_metric == min(r["mse"] for r in final)
