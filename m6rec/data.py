@@ -1,0 +1,94 @@
+"""The marts as the models see them: dense item/user indices, per-user event sequences and the
+textify inputs (items, profiles, events) built from the same rows for training and serving."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from m6rec.textify import Event, ItemText, Profile
+from m6rec.warehouse import connect
+
+SPLIT_ORDER = ("train", "valid", "test")
+
+
+@dataclass
+class RecData:
+    """Everything a model needs from the warehouse, in memory (ML-100K is ~5 MB here)."""
+
+    items: pd.DataFrame  # marts.item_catalogue, row i has item_idx i
+    users: pd.DataFrame  # marts.user_profiles, row u has user_idx u
+    events: pd.DataFrame  # marts.splits + item_idx/user_idx, sorted by user_idx, position
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def item_index(self) -> dict[str, int]:
+        return dict(zip(self.items["item_id"], self.items["item_idx"], strict=True))
+
+    def item_texts(self) -> list[ItemText]:
+        """Catalogue rows as textify inputs; mart percentile 1 = most popular -> textify 99."""
+        out = []
+        for row in self.items.itertuples(index=False):
+            attributes = json.loads(row.attributes) if isinstance(row.attributes, str) else {}
+            out.append(ItemText(
+                title=row.title,
+                release_year=None if pd.isna(row.release_year) else int(row.release_year),
+                genres=tuple(row.genres) if row.genres is not None else (),
+                popularity_percentile=100 - float(row.popularity_percentile),
+                attributes=attributes))
+        return out
+
+    def profiles(self) -> list[Profile]:
+        return [Profile(age=None if pd.isna(r.age) else int(r.age),
+                        gender=None if pd.isna(r.gender) else r.gender,
+                        occupation=None if pd.isna(r.occupation) else r.occupation)
+                for r in self.users.itertuples(index=False)]
+
+    def sequences(self, splits: tuple[str, ...] = ("train",)) -> list[pd.DataFrame]:
+        """Per user (by user_idx), the events of the given splits in time order."""
+        chosen = self.events[self.events["split"].isin(splits)]
+        groups = dict(tuple(chosen.groupby("user_idx", sort=True)))
+        empty = chosen.iloc[:0]
+        return [groups.get(u, empty) for u in range(self.n_users)]
+
+    def holdout(self, split: str) -> pd.DataFrame:
+        """The one valid/test (or all cold) events per user, with the history that precedes each:
+        for ``valid`` the train events, for ``test`` train + valid (the RecBole protocol)."""
+        return self.events[self.events["split"] == split]
+
+    def history_splits(self, split: str) -> tuple[str, ...]:
+        return {"valid": ("train",), "test": ("train", "valid"), "cold": ("train", "valid", "test")}[split]
+
+
+def events_of(frame: pd.DataFrame, item_texts: list[ItemText]) -> list[Event]:
+    """textify events for a slice of ``RecData.events``."""
+    return [Event(item=item_texts[i], ts=int(t), rating=None if pd.isna(r) else float(r))
+            for i, t, r in zip(frame["item_idx"], frame["ts"], frame["rating"], strict=True)]
+
+
+def load_rec_data(database: str | Path) -> RecData:
+    """Read the marts (read-only; waits for a writer to finish)."""
+    with connect(database, read_only=True) as conn:
+        items = conn.execute("select * from marts.item_catalogue order by item_idx").df()
+        users = conn.execute("select * from marts.user_profiles order by user_idx").df()
+        events = conn.execute("""
+            select s.user_id, u.user_idx, s.item_id, i.item_idx, s.rating, s.ts, s.position, s.split, s.is_like
+            from marts.splits s
+            join marts.user_profiles u using (user_id)
+            join marts.item_catalogue i using (item_id)
+            order by u.user_idx, s.position""").df()
+    for frame, col in ((items, "item_idx"), (users, "user_idx")):
+        if not np.array_equal(frame[col].to_numpy(), np.arange(len(frame))):
+            raise ValueError(f"{col} is not dense 0..n-1; rebuild the marts")
+    return RecData(items=items, users=users, events=events.reset_index(drop=True))
