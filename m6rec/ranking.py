@@ -1,0 +1,311 @@
+"""Ranking / CTR: will this user like this candidate?
+
+Two scorers share one idea, M6-Rec's multi-segment late interaction: the profile, each history item
+and the candidate are separate segments; the lower layers run per segment (so item segments are
+computed once, offline, and cached) and only the top layers run at request time, over the
+concatenation of the segments with learned segment-type embeddings.
+
+- :class:`LateInteractionScorer` does this at token level on a Hugging Face BERT-style encoder:
+  the lower ``L - k`` layers per segment, the top ``k`` over the concatenation. With ``k = L`` it is
+  the full cross-encoder (every layer sees every token), which the tests check.
+- :class:`SegmentRanker` is the CPU profile: the whole frozen encoder runs per segment (pooled,
+  cached in :class:`~m6rec.retrieval.SegmentCache`) and a small trained transformer interacts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m6rec.backbones import Encoder
+from m6rec.data import RecData
+from m6rec.metrics import ctr_metrics
+from m6rec.retrieval import (
+    N_GAP_BUCKETS,
+    N_POP_BUCKETS,
+    N_RATING_IDS,
+    SegmentCache,
+    popularity_buckets,
+    rating_ids,
+)
+
+PROFILE, HISTORY, CANDIDATE = 0, 1, 2
+
+
+# --- token-level late interaction ---------------------------------------------------------------------
+
+
+@dataclass
+class TokenSegments:
+    """One example's segments as token ids (each segment tokenised on its own, with its own positions)."""
+
+    input_ids: list[torch.Tensor]
+    types: list[int]  # PROFILE / HISTORY / CANDIDATE per segment
+
+
+class LateInteractionScorer(nn.Module):
+    """Lower ``L - top_k`` encoder layers per segment, top ``top_k`` over the concatenation."""
+
+    def __init__(self, encoder: Encoder, top_k: int) -> None:
+        super().__init__()
+        if not 0 <= top_k <= encoder.num_layers:
+            raise ValueError(f"top_k must be in 0..{encoder.num_layers}, got {top_k}")
+        self.bert = encoder.model
+        self.tokenizer = encoder.tokenizer
+        self.top_k = top_k
+        self.split = encoder.num_layers - top_k
+        hidden = encoder.hidden_size
+        self.segment_emb = nn.Embedding(3, hidden)
+        nn.init.zeros_(self.segment_emb.weight)
+        self.head = nn.Linear(hidden, 1)
+
+    def _layers(
+        self, hidden: torch.Tensor, mask2d: torch.Tensor, layers: Sequence[nn.Module]
+    ) -> torch.Tensor:
+        if not layers:
+            return hidden
+        mask, _ = self.bert._create_attention_masks(
+            attention_mask=mask2d,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )
+        for layer in layers:
+            out = layer(hidden, mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-segment states after the lower layers (the cacheable part): [N, T, H]."""
+        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        return self._layers(hidden, attention_mask, self.bert.encoder.layer[: self.split])
+
+    def upper(self, states: list[torch.Tensor], types: list[list[int]]) -> torch.Tensor:
+        """Concatenate each example's segment states (already unpadded), add segment-type embeddings,
+        run the top layers and score the candidate: one logit per example."""
+        seqs, type_ids, cand = [], [], []
+        for segs, kinds in zip(states, types, strict=True):
+            seqs.append(torch.cat(segs))
+            type_ids.append(
+                torch.cat(
+                    [torch.full((len(s),), k, dtype=torch.long) for s, k in zip(segs, kinds, strict=True)]
+                )
+            )
+            cand.append(type_ids[-1] == CANDIDATE)
+        hidden = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        device = hidden.device
+        mask = nn.utils.rnn.pad_sequence(
+            [torch.ones(len(s), dtype=torch.long) for s in seqs], batch_first=True
+        ).to(device)
+        types_t = nn.utils.rnn.pad_sequence(type_ids, batch_first=True).to(device)
+        cand_mask = nn.utils.rnn.pad_sequence(cand, batch_first=True).to(device).float()
+        hidden = hidden + self.segment_emb(types_t)
+        hidden = self._layers(hidden, mask, self.bert.encoder.layer[self.split :])
+        pooled = (hidden * cand_mask[..., None]).sum(1) / cand_mask.sum(1, keepdim=True).clamp(min=1)
+        return self.head(pooled).squeeze(-1)
+
+    def encode_segments(self, texts: Sequence[str], max_length: int = 64) -> list[torch.Tensor]:
+        """Lower-layer states of each text, unpadded (what gets cached for items)."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        device = self.head.weight.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        states = self.lower(ids, mask)
+        return [states[i, : int(mask[i].sum())] for i in range(len(texts))]
+
+    def forward(
+        self, examples: Sequence[Sequence[str]], types: Sequence[Sequence[int]], max_length: int = 64
+    ) -> torch.Tensor:
+        """Score examples given as segment texts (nothing cached): the training path."""
+        flat = [t for ex in examples for t in ex]
+        states = self.encode_segments(flat, max_length)
+        grouped, start = [], 0
+        for ex in examples:
+            grouped.append(states[start : start + len(ex)])
+            start += len(ex)
+        return self.upper(grouped, [list(t) for t in types])
+
+    @torch.no_grad()
+    def rank_candidates(
+        self,
+        context: Sequence[str],
+        context_types: Sequence[int],
+        candidate_states: Sequence[torch.Tensor],
+        max_length: int = 64,
+    ) -> torch.Tensor:
+        """Serving path: context segments through the lower layers once, cached candidate states,
+        top layers for each (context + candidate) pair. Returns one logit per candidate."""
+        context_states = self.encode_segments(context, max_length)
+        kinds = [*context_types, CANDIDATE]
+        return self.upper([[*context_states, c] for c in candidate_states], [kinds] * len(candidate_states))
+
+
+# --- pooled-segment ranker (the CPU profile) ---------------------------------------------------------
+
+
+@dataclass
+class RankerConfig:
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    use_ids: bool = True
+    use_item_stats: bool = True
+
+
+class SegmentRanker(nn.Module):
+    """Profile + history + candidate segments (cached pooled states) -> small transformer -> logit.
+    History segments carry the rating given and how long before the candidate it happened."""
+
+    def __init__(
+        self,
+        config: RankerConfig,
+        cache: SegmentCache,
+        pop_buckets: torch.Tensor,
+        item_mean_rating: torch.Tensor,
+        has_id: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        n_items, text_dim = cache.item_states.shape
+        d = config.dim
+        self.register_buffer("item_states", cache.item_states.float().clone())
+        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        self.register_buffer("pop_buckets", pop_buckets.long().clone())
+        self.register_buffer("item_mean_rating", item_mean_rating.float().clone())
+        self.register_buffer("has_id", has_id.bool().clone())
+        self.item_proj = nn.Linear(text_dim, d)
+        self.profile_proj = nn.Linear(text_dim, d)
+        self.id_emb = nn.Embedding(n_items, d)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, d)
+        self.stat_proj = nn.Linear(2, d)
+        self.rating_emb = nn.Embedding(N_RATING_IDS, d)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, d)
+        self.type_emb = nn.Embedding(3, d)
+        self.pos_emb = nn.Embedding(64, d)
+        layer = nn.TransformerEncoderLayer(
+            d, config.heads, 4 * d, config.dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 1)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        vec = self.item_proj(self.item_states[items])
+        if self.config.use_ids:
+            vec = vec + self.id_emb(items) * self.has_id[items, None]
+        if self.config.use_item_stats:
+            mean = self.item_mean_rating[items]
+            known = ~torch.isnan(mean)
+            stats = torch.stack([torch.where(known, mean - 3.5, torch.zeros_like(mean)), known.float()], -1)
+            vec = vec + self.pop_emb(self.pop_buckets[items]) + self.stat_proj(stats)
+        return vec
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        users, hist, cand = batch["users"], batch["hist_items"], batch["cand_items"]
+        b, t = hist.shape
+        profile = self.profile_proj(self.profile_states[users])[:, None] + self.type_emb.weight[PROFILE]
+        history = (
+            self.item_vectors(hist.clamp(min=0))
+            + self.rating_emb(batch["hist_ratings"])
+            + self.gap_emb(batch["hist_gaps"])
+            + self.type_emb.weight[HISTORY]
+        )
+        candidate = self.item_vectors(cand)[:, None] + self.type_emb.weight[CANDIDATE]
+        tokens = torch.cat([profile, history, candidate], 1)
+        tokens = tokens + self.pos_emb(torch.arange(t + 2, device=tokens.device))[None]
+        padding = torch.cat(
+            [
+                torch.zeros(b, 1, dtype=torch.bool, device=hist.device),
+                hist < 0,
+                torch.zeros(b, 1, dtype=torch.bool, device=hist.device),
+            ],
+            1,
+        )
+        out = self.norm(self.encoder(tokens, src_key_padding_mask=padding))
+        return self.head(out[:, -1]).squeeze(-1)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self(batch), batch["labels"].float())
+
+
+def new_ranker(config: RankerConfig, data: RecData, cache: SegmentCache) -> SegmentRanker:
+    items = data.items
+    return SegmentRanker(
+        config,
+        cache,
+        popularity_buckets(data),
+        torch.tensor(items["mean_train_rating"].to_numpy(dtype=float, na_value=np.nan)),
+        torch.tensor(items["n_train_interactions"].to_numpy() > 0),
+    )
+
+
+# --- CTR examples -------------------------------------------------------------------------------------
+
+
+def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor]:
+    """marts.ctr_examples rows -> padded tensors (history left-aligned, -1 = padding)."""
+    item_index, user_index = (
+        data.item_index,
+        dict(zip(data.users["user_id"], data.users["user_idx"], strict=True)),
+    )
+    n = len(examples)
+    width = int(examples["history_length"].max()) if n else 1
+    hist = np.full((n, width), -1, dtype=np.int64)
+    ratings = np.zeros((n, width), dtype=np.int64)
+    gaps = np.zeros((n, width), dtype=np.int64)
+    for i, row in enumerate(examples.itertuples(index=False)):
+        k = len(row.history_item_ids)
+        hist[i, :k] = [item_index[x] for x in row.history_item_ids]
+        ratings[i, :k] = rating_ids(np.asarray(row.history_ratings, dtype=float))
+        hours = (row.target_ts - np.asarray(row.history_ts, dtype=np.int64)).clip(min=0) / 3600.0
+        gaps[i, :k] = np.minimum(np.floor(np.log2(hours + 1.0)), N_GAP_BUCKETS - 1)
+    return {
+        "users": torch.tensor(examples["user_id"].map(user_index).to_numpy(dtype=np.int64)),
+        "hist_items": torch.as_tensor(hist),
+        "hist_ratings": torch.as_tensor(ratings),
+        "hist_gaps": torch.as_tensor(gaps),
+        "cand_items": torch.tensor(examples["target_item_id"].map(item_index).to_numpy(dtype=np.int64)),
+        "labels": torch.tensor(examples["label"].to_numpy(dtype=np.int64)),
+    }
+
+
+class TensorBatches(torch.utils.data.Dataset):
+    """Row access into a dict of equal-length tensors (for a DataLoader with default collation)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+@torch.no_grad()
+def predict_ctr(model: SegmentRanker, tensors: dict[str, torch.Tensor], batch_size: int = 2048) -> np.ndarray:
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = len(tensors["labels"])
+    out = [
+        torch.sigmoid(model({k: v[s : s + batch_size].to(device) for k, v in tensors.items()})).cpu()
+        for s in range(0, n, batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def evaluate_ctr(model: SegmentRanker, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    probs = predict_ctr(model, tensors)
+    return ctr_metrics(tensors["labels"].numpy(), probs, groups=tensors["users"].numpy())

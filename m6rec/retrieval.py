@@ -1,0 +1,318 @@
+"""Retrieval: a user tower and an item tower over one shared text encoder, scored by cosine similarity
+with a temperature-scaled softmax (contrastive) loss.
+
+Item segments (``item_text``) and profile segments (``profile_text``) are run once through the frozen
+lower encoder and cached (:class:`SegmentCache`); the towers train over those cached states, which is
+what makes training fit a CPU (DESIGN.md §4). The item tower is a projection of the item's text
+state, plus an optional per-item ID embedding and a popularity embedding; an item without an ID row
+(never seen in training) falls back to its text alone, so unseen items can be retrieved. The user
+tower runs a small causal transformer over the profile segment and the history segments (item state
++ rating + time gap), trained to predict every next item of every training window (all items are the
+softmax's classes; in-batch negatives replace them for catalogues past ``full_softmax_max_items``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m6rec.backbones import Encoder
+from m6rec.data import RecData
+from m6rec.metrics import rank_of_targets, ranking_metrics
+from m6rec.textify import TextStyle, item_text, profile_text
+
+N_GAP_BUCKETS = 16
+N_POP_BUCKETS = 10
+N_RATING_IDS = 12  # 0-10 rounded ratings, 11 = unrated
+
+
+# --- cached segment states --------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentCache:
+    """The frozen encoder's pooled states of every item text and profile text."""
+
+    item_states: torch.Tensor  # [n_items, H]
+    profile_states: torch.Tensor  # [n_users, H]
+    encoder_name: str
+    style: dict
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(
+            {
+                "item_states": self.item_states,
+                "profile_states": self.profile_states,
+                "encoder_name": self.encoder_name,
+                "style": self.style,
+            },
+            tmp,
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmentCache:
+        return cls(**torch.load(path, map_location="cpu"))
+
+
+def build_segment_cache(
+    encoder: Encoder, data: RecData, style: TextStyle | None = None, batch_size: int = 64
+) -> SegmentCache:
+    """Run every item and profile segment through the encoder once (mean-pooled, L2-normalised)."""
+    style = style or TextStyle(with_popularity=True)
+    items = [item_text(t, style) for t in data.item_texts()]
+    profiles = [profile_text(p) for p in data.profiles()]
+    return SegmentCache(
+        item_states=encoder.encode(items, batch_size=batch_size, max_length=64),
+        profile_states=encoder.encode(profiles, batch_size=batch_size, max_length=32),
+        encoder_name=encoder.name,
+        style=asdict(style),
+    )
+
+
+# --- features ---------------------------------------------------------------------------------------
+
+
+def rating_ids(ratings: np.ndarray) -> np.ndarray:
+    r = np.asarray(ratings, dtype=float)
+    out = np.clip(np.rint(np.nan_to_num(r, nan=0.0)), 0, 10).astype(np.int64)
+    out[np.isnan(r)] = N_RATING_IDS - 1
+    return out
+
+
+def gap_buckets(ts: np.ndarray) -> np.ndarray:
+    """Log2 buckets of the time since the previous event (first event: bucket 0)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    gaps = np.diff(ts, prepend=ts[:1]).clip(min=0) / 3600.0  # hours
+    return np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int64), N_GAP_BUCKETS - 1)
+
+
+def popularity_buckets(data: RecData) -> torch.Tensor:
+    """Deciles of train popularity (0 = top 10%); items never seen in training get their own bucket."""
+    pct = data.items["popularity_percentile"].to_numpy(dtype=float)
+    seen = data.items["n_train_interactions"].to_numpy() > 0
+    buckets = np.minimum((pct - 1) // 10, N_POP_BUCKETS - 1).astype(np.int64)
+    buckets[~seen] = N_POP_BUCKETS
+    return torch.as_tensor(buckets)
+
+
+# --- the model ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrieverConfig:
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.2
+    max_len: int = 50
+    temperature: float = 0.07
+    use_ids: bool = True
+    id_dropout: float = 0.2  # share of ID rows zeroed per step, so text alone stays a good item vector
+    use_popularity: bool = True
+    use_profile: bool = True
+    full_softmax_max_items: int = 200_000
+
+
+class SequentialRetriever(nn.Module):
+    """User tower over cached segments; item tower = text projection (+ ID) (+ popularity)."""
+
+    def __init__(
+        self, config: RetrieverConfig, cache: SegmentCache, pop_buckets: torch.Tensor, has_id: torch.Tensor
+    ) -> None:
+        super().__init__()
+        self.config = config
+        n_items, text_dim = cache.item_states.shape
+        d = config.dim
+        self.register_buffer("item_states", cache.item_states.float().clone())
+        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        self.register_buffer("pop_buckets", pop_buckets.long().clone())
+        self.register_buffer("has_id", has_id.bool().clone())
+        self.item_proj = nn.Linear(text_dim, d)
+        self.profile_proj = nn.Linear(text_dim, d)
+        self.id_emb = nn.Embedding(n_items, d)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, d)
+        self.rating_emb = nn.Embedding(N_RATING_IDS, d)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, d)
+        self.pos_emb = nn.Embedding(config.max_len + 1, d)
+        layer = nn.TransformerEncoderLayer(
+            d, config.heads, 4 * d, config.dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def n_items(self) -> int:
+        return self.item_states.shape[0]
+
+    def item_vectors(self, normalize: bool = True) -> torch.Tensor:
+        """[n_items, d] item tower output for the whole catalogue."""
+        vec = self.item_proj(self.item_states)
+        if self.config.use_ids:
+            ids = self.id_emb.weight * self.has_id[:, None]
+            if self.training and self.config.id_dropout > 0:
+                keep = torch.rand(self.n_items, 1, device=ids.device) >= self.config.id_dropout
+                ids = ids * keep
+            vec = vec + ids
+        if self.config.use_popularity:
+            vec = vec + self.pop_emb(self.pop_buckets)
+        return F.normalize(vec, dim=-1) if normalize else vec
+
+    def user_states(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        ratings: torch.Tensor,
+        gaps: torch.Tensor,
+        lengths: torch.Tensor,
+        item_vecs: torch.Tensor,
+    ) -> torch.Tensor:
+        """[B, T+1, d]: position 0 is the profile segment, position t the t-th history segment."""
+        batch, steps = items.shape
+        profile = self.profile_proj(self.profile_states[users])
+        if not self.config.use_profile:
+            profile = torch.zeros_like(profile)
+        history = item_vecs[items.clamp(min=0)] + self.rating_emb(ratings) + self.gap_emb(gaps)
+        tokens = torch.cat([profile[:, None], history], dim=1)
+        tokens = tokens + self.pos_emb(torch.arange(steps + 1, device=tokens.device))[None]
+        causal = torch.triu(torch.ones(steps + 1, steps + 1, dtype=torch.bool, device=tokens.device), 1)
+        padding = torch.arange(steps + 1, device=tokens.device)[None] > lengths[:, None]
+        out = self.encoder(self.dropout(tokens), mask=causal, src_key_padding_mask=padding)
+        return F.normalize(self.norm(out), dim=-1)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Softmax over the catalogue (or the batch's targets) for every next-item position."""
+        item_vecs_raw = self.item_vectors(normalize=False)
+        item_vecs = F.normalize(item_vecs_raw, dim=-1)
+        states = self.user_states(
+            batch["users"], batch["items"], batch["ratings"], batch["gaps"], batch["lengths"], item_vecs_raw
+        )[:, :-1]  # position t predicts item t
+        valid = batch["items"] >= 0
+        queries, targets = states[valid], batch["items"][valid]
+        if self.n_items <= self.config.full_softmax_max_items:
+            logits = queries @ item_vecs.T / self.config.temperature
+            return F.cross_entropy(logits, targets)
+        classes, inverse = torch.unique(targets, return_inverse=True)  # in-batch negatives
+        logits = queries @ item_vecs[classes].T / self.config.temperature
+        return F.cross_entropy(logits, inverse)
+
+    @torch.no_grad()
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        item_vecs_raw = self.item_vectors(normalize=False)
+        states = self.user_states(
+            batch["users"], batch["items"], batch["ratings"], batch["gaps"], batch["lengths"], item_vecs_raw
+        )
+        return states[torch.arange(len(states)), batch["lengths"]]
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, n_items] cosine similarities of each user's last state with every item."""
+        return self.user_vectors(batch) @ self.item_vectors().T
+
+
+def new_retriever(config: RetrieverConfig, data: RecData, cache: SegmentCache) -> SequentialRetriever:
+    has_id = torch.tensor(data.items["n_train_interactions"].to_numpy() > 0)
+    return SequentialRetriever(config, cache, popularity_buckets(data), has_id)
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    user: int
+    items: np.ndarray
+    ratings: np.ndarray
+    gaps: np.ndarray
+
+
+def _window(user: int, frame: pd.DataFrame, start: int, end: int) -> Window:
+    items = frame["item_idx"].to_numpy()
+    return Window(
+        user,
+        items[start:end],
+        rating_ids(frame["rating"].to_numpy())[start:end],
+        gap_buckets(frame["ts"].to_numpy())[start:end],
+    )
+
+
+def training_windows(data: RecData, max_len: int) -> list[Window]:
+    """Each user's train sequence cut into windows of ``max_len`` from the end: every event is a
+    prediction target exactly once per epoch (the first event of a window is predicted from the profile)."""
+    out = []
+    for user, frame in enumerate(data.sequences(("train",))):
+        n = len(frame)
+        for end in range(n, 0, -max_len):
+            out.append(_window(user, frame, max(0, end - max_len), end))
+    return out
+
+
+def query_windows(
+    data: RecData, split: str, max_len: int
+) -> tuple[list[Window], np.ndarray, list[np.ndarray]]:
+    """For each held-out event: the last ``max_len`` events before it, its target and full history."""
+    hist = data.sequences(data.history_splits(split))
+    windows, targets, exclude = [], [], []
+    for row in data.holdout(split).itertuples(index=False):
+        frame = hist[row.user_idx]
+        frame = frame[frame["position"] < row.position]
+        windows.append(_window(row.user_idx, frame, max(0, len(frame) - max_len), len(frame)))
+        targets.append(row.item_idx)
+        exclude.append(frame["item_idx"].to_numpy())
+    return windows, np.asarray(targets, dtype=np.int64), exclude
+
+
+def collate(windows: Sequence[Window]) -> dict[str, torch.Tensor]:
+    """Right-padded batch; padded item slots are -1 (ignored by the loss)."""
+    length = max(max(len(w.items) for w in windows), 1)
+    items = torch.full((len(windows), length), -1, dtype=torch.long)
+    ratings = torch.zeros((len(windows), length), dtype=torch.long)
+    gaps = torch.zeros((len(windows), length), dtype=torch.long)
+    for i, w in enumerate(windows):
+        n = len(w.items)
+        items[i, :n] = torch.tensor(w.items)
+        ratings[i, :n] = torch.tensor(w.ratings)
+        gaps[i, :n] = torch.tensor(w.gaps)
+    return {
+        "users": torch.as_tensor([w.user for w in windows]),
+        "items": items,
+        "ratings": ratings,
+        "gaps": gaps,
+        "lengths": torch.as_tensor([len(w.items) for w in windows]),
+    }
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def score_windows(model: SequentialRetriever, windows: Sequence[Window], batch_size: int = 256) -> np.ndarray:
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(windows), batch_size):
+        batch = {k: v.to(device) for k, v in collate(windows[start : start + batch_size]).items()}
+        out.append(model.score(batch).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.n_items), dtype=np.float32)
+
+
+def evaluate_retrieval(
+    model: SequentialRetriever, data: RecData, split: str = "valid", ks: Sequence[int] = (10, 20)
+) -> dict[str, float]:
+    """Full-ranking metrics over the whole catalogue, history items excluded (RecBole protocol)."""
+    windows, targets, exclude = query_windows(data, split, model.config.max_len)
+    scores = score_windows(model, windows)
+    return ranking_metrics(rank_of_targets(scores, targets, exclude), ks)
