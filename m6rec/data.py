@@ -41,19 +41,26 @@ class RecData:
         out = []
         for row in self.items.itertuples(index=False):
             attributes = json.loads(row.attributes) if isinstance(row.attributes, str) else {}
-            out.append(ItemText(
-                title=row.title,
-                release_year=None if pd.isna(row.release_year) else int(row.release_year),
-                genres=tuple(row.genres) if row.genres is not None else (),
-                popularity_percentile=100 - float(row.popularity_percentile),
-                attributes=attributes))
+            out.append(
+                ItemText(
+                    title=row.title,
+                    release_year=None if pd.isna(row.release_year) else int(row.release_year),
+                    genres=tuple(row.genres) if row.genres is not None else (),
+                    popularity_percentile=100 - float(row.popularity_percentile),
+                    attributes=attributes,
+                )
+            )
         return out
 
     def profiles(self) -> list[Profile]:
-        return [Profile(age=None if pd.isna(r.age) else int(r.age),
-                        gender=None if pd.isna(r.gender) else r.gender,
-                        occupation=None if pd.isna(r.occupation) else r.occupation)
-                for r in self.users.itertuples(index=False)]
+        return [
+            Profile(
+                age=None if pd.isna(r.age) else int(r.age),
+                gender=None if pd.isna(r.gender) else r.gender,
+                occupation=None if pd.isna(r.occupation) else r.occupation,
+            )
+            for r in self.users.itertuples(index=False)
+        ]
 
     def sequences(self, splits: tuple[str, ...] = ("train",)) -> list[pd.DataFrame]:
         """Per user (by user_idx), the events of the given splits in time order."""
@@ -73,8 +80,10 @@ class RecData:
 
 def events_of(frame: pd.DataFrame, item_texts: list[ItemText]) -> list[Event]:
     """textify events for a slice of ``RecData.events``."""
-    return [Event(item=item_texts[i], ts=int(t), rating=None if pd.isna(r) else float(r))
-            for i, t, r in zip(frame["item_idx"], frame["ts"], frame["rating"], strict=True)]
+    return [
+        Event(item=item_texts[i], ts=int(t), rating=None if pd.isna(r) else float(r))
+        for i, t, r in zip(frame["item_idx"], frame["ts"], frame["rating"], strict=True)
+    ]
 
 
 def load_rec_data(database: str | Path) -> RecData:
@@ -83,7 +92,8 @@ def load_rec_data(database: str | Path) -> RecData:
         items = conn.execute("select * from marts.item_catalogue order by item_idx").df()
         users = conn.execute("select * from marts.user_profiles order by user_idx").df()
         events = conn.execute("""
-            select s.user_id, u.user_idx, s.item_id, i.item_idx, s.rating, s.ts, s.position, s.split, s.is_like
+            select s.user_id, u.user_idx, s.item_id, i.item_idx, s.rating, s.ts, s.position, s.split,
+                   s.is_like
             from marts.splits s
             join marts.user_profiles u using (user_id)
             join marts.item_catalogue i using (item_id)

@@ -63,7 +63,7 @@ def synthetic_rec_data(n_users: int = 24, n_items: int = 40, length: int = 12, s
 def ctr_frame(data: RecData, history: int = 5) -> pd.DataFrame:
     """marts.ctr_examples-shaped rows from the synthetic events."""
     rows = []
-    for u, frame in data.events.groupby("user_idx"):
+    for _, frame in data.events.groupby("user_idx"):
         frame = frame.sort_values("position")
         for p in range(1, len(frame)):
             hist = frame.iloc[max(0, p - history) : p]
