@@ -14,7 +14,7 @@ concatenation of the segments with learned segment-type embeddings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from m6rec.backbones import Encoder
 from m6rec.data import RecData
@@ -34,6 +35,7 @@ from m6rec.retrieval import (
     popularity_buckets,
     rating_ids,
 )
+from m6rec.trainer import TrainConfig, Trainer, TrainResult
 
 PROFILE, HISTORY, CANDIDATE = 0, 1, 2
 
@@ -199,12 +201,12 @@ class SegmentRanker(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+    def item_vectors(self, items: torch.Tensor, mean_rating: torch.Tensor | None = None) -> torch.Tensor:
         vec = self.item_proj(self.item_states[items])
         if self.config.use_ids:
             vec = vec + self.id_emb(items) * self.has_id[items, None]
         if self.config.use_item_stats:
-            mean = self.item_mean_rating[items]
+            mean = self.item_mean_rating[items] if mean_rating is None else mean_rating
             known = ~torch.isnan(mean)
             stats = torch.stack([torch.where(known, mean - 3.5, torch.zeros_like(mean)), known.float()], -1)
             vec = vec + self.pop_emb(self.pop_buckets[items]) + self.stat_proj(stats)
@@ -220,7 +222,7 @@ class SegmentRanker(nn.Module):
             + self.gap_emb(batch["hist_gaps"])
             + self.type_emb.weight[HISTORY]
         )
-        candidate = self.item_vectors(cand)[:, None] + self.type_emb.weight[CANDIDATE]
+        candidate = self.item_vectors(cand, batch.get("cand_mean"))[:, None] + self.type_emb.weight[CANDIDATE]
         tokens = torch.cat([profile, history, candidate], 1)
         tokens = tokens + self.pos_emb(torch.arange(t + 2, device=tokens.device))[None]
         padding = torch.cat(
@@ -279,6 +281,18 @@ def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor
     }
 
 
+def _candidate_mean_rating(examples: pd.DataFrame, data: RecData, cand: np.ndarray) -> np.ndarray:
+    """The candidate's mean train rating; for a train-split example its own rating is left out, so the
+    label never leaks into the feature the model learns from."""
+    n = data.items["n_train_interactions"].to_numpy(dtype=float)[cand]
+    mean = data.items["mean_train_rating"].to_numpy(dtype=float, na_value=np.nan)[cand]
+    own = examples["target_rating"].to_numpy(dtype=float, na_value=np.nan)
+    is_train = (examples["split"] == "train").to_numpy() & ~np.isnan(own)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loo = np.where(n > 1, (mean * n - own) / (n - 1), np.nan)
+    return np.where(is_train, loo, mean).astype(np.float32)
+
+
 class TensorBatches(torch.utils.data.Dataset):
     """Row access into a dict of equal-length tensors (for a DataLoader with default collation)."""
 
@@ -309,3 +323,26 @@ def predict_ctr(model: SegmentRanker, tensors: dict[str, torch.Tensor], batch_si
 def evaluate_ctr(model: SegmentRanker, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
     probs = predict_ctr(model, tensors)
     return ctr_metrics(tensors["labels"].numpy(), probs, groups=tensors["users"].numpy())
+
+
+def train_ranker(
+    data: RecData,
+    cache: SegmentCache,
+    examples: pd.DataFrame,
+    config: RankerConfig,
+    train_config: TrainConfig,
+    *,
+    batch_size: int = 256,
+    log: Callable[[str], None] | None = None,
+) -> tuple[SegmentRanker, TrainResult]:
+    """Train on the train-split CTR examples, select on valid AUC; returns the best weights."""
+    torch.manual_seed(train_config.seed)
+    model = new_ranker(config, data, cache)
+    train = ctr_tensors(examples[examples["split"] == "train"], data)
+    valid = ctr_tensors(examples[examples["split"] == "valid"], data)
+    loader = DataLoader(TensorBatches(train), batch_size=batch_size, shuffle=True)
+    trainer = Trainer(
+        model, lambda m, b: m.loss(b), loader, lambda m: evaluate_ctr(m, valid), train_config, log=log
+    )
+    result = trainer.fit()
+    return trainer.accelerator.unwrap_model(trainer.model), result

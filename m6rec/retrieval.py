@@ -13,7 +13,7 @@ softmax's classes; in-batch negatives replace them for catalogues past ``full_so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,11 +22,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from m6rec.backbones import Encoder
 from m6rec.data import RecData
 from m6rec.metrics import rank_of_targets, ranking_metrics
 from m6rec.textify import TextStyle, item_text, profile_text
+from m6rec.trainer import TrainConfig, Trainer, TrainResult
 
 N_GAP_BUCKETS = 16
 N_POP_BUCKETS = 10
@@ -316,3 +318,30 @@ def evaluate_retrieval(
     windows, targets, exclude = query_windows(data, split, model.config.max_len)
     scores = score_windows(model, windows)
     return ranking_metrics(rank_of_targets(scores, targets, exclude), ks)
+
+
+def train_retriever(
+    data: RecData,
+    cache: SegmentCache,
+    config: RetrieverConfig,
+    train_config: TrainConfig,
+    *,
+    batch_size: int = 64,
+    log: Callable[[str], None] | None = None,
+) -> tuple[SequentialRetriever, TrainResult]:
+    """Train on the train split, select on valid NDCG (early stopping); returns the best weights."""
+    torch.manual_seed(train_config.seed)
+    model = new_retriever(config, data, cache)
+    loader = DataLoader(
+        training_windows(data, config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
+    )
+    trainer = Trainer(
+        model,
+        lambda m, b: m.loss(b),
+        loader,
+        lambda m: evaluate_retrieval(m, data, "valid"),
+        train_config,
+        log=log,
+    )
+    result = trainer.fit()
+    return trainer.accelerator.unwrap_model(trainer.model), result

@@ -91,3 +91,19 @@ def test_segment_ranker_learns_likes(tmp_path) -> None:
     result = Trainer(model, lambda m, b: m.loss(b), loader, lambda m: evaluate_ctr(m, valid), cfg).fit()
     # Likes are a function of the item (rating = 1 + item % 5): the ranker must find it.
     assert result.best_metric > 0.9
+
+
+def test_train_examples_never_see_their_own_rating_in_the_item_mean() -> None:
+    data = synthetic_rec_data()
+    frame = ctr_frame(data)
+    tensors = ctr_tensors(frame, data)
+    train = data.events[data.events["split"] == "train"]
+    for i in [0, 5, len(frame) - 1]:
+        row = frame.iloc[i]
+        ratings = train[train["item_id"] == row.target_item_id]["rating"]
+        if row.split == "train":
+            expected = (ratings.sum() - row.target_rating) / (len(ratings) - 1) if len(ratings) > 1 else None
+        else:
+            expected = ratings.mean()
+        got = float(tensors["cand_mean"][i])
+        assert (expected is None and got != got) or abs(got - expected) < 1e-5
