@@ -271,12 +271,14 @@ def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor
         ratings[i, :k] = rating_ids(np.asarray(row.history_ratings, dtype=float))
         hours = (row.target_ts - np.asarray(row.history_ts, dtype=np.int64)).clip(min=0) / 3600.0
         gaps[i, :k] = np.minimum(np.floor(np.log2(hours + 1.0)), N_GAP_BUCKETS - 1)
+    cand = examples["target_item_id"].map(item_index).to_numpy(dtype=np.int64)
     return {
         "users": torch.tensor(examples["user_id"].map(user_index).to_numpy(dtype=np.int64)),
         "hist_items": torch.as_tensor(hist),
         "hist_ratings": torch.as_tensor(ratings),
         "hist_gaps": torch.as_tensor(gaps),
-        "cand_items": torch.tensor(examples["target_item_id"].map(item_index).to_numpy(dtype=np.int64)),
+        "cand_items": torch.tensor(cand),
+        "cand_mean": torch.tensor(_candidate_mean_rating(examples, data, cand)),
         "labels": torch.tensor(examples["label"].to_numpy(dtype=np.int64)),
     }
 
