@@ -215,7 +215,8 @@ class SegmentRanker(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         users, hist, cand = batch["users"], batch["hist_items"], batch["cand_items"]
         b, t = hist.shape
-        profile = self.profile_proj(self.profile_states[users])[:, None] + self.type_emb.weight[PROFILE]
+        states = batch["profile_states"] if "profile_states" in batch else self.profile_states[users]
+        profile = self.profile_proj(states)[:, None] + self.type_emb.weight[PROFILE]
         history = (
             self.item_vectors(hist.clamp(min=0))
             + self.rating_emb(batch["hist_ratings"])

@@ -179,10 +179,13 @@ class SequentialRetriever(nn.Module):
         gaps: torch.Tensor,
         lengths: torch.Tensor,
         item_vecs: torch.Tensor,
+        profile_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[B, T+1, d]: position 0 is the profile segment, position t the t-th history segment."""
         batch, steps = items.shape
-        profile = self.profile_proj(self.profile_states[users])
+        # A request's own profile (serving) arrives as a pooled state instead of a training user index.
+        states = profile_states if profile_states is not None else self.profile_states[users]
+        profile = self.profile_proj(states)
         if not self.config.use_profile:
             profile = torch.zeros_like(profile)
         history = item_vecs[items.clamp(min=0)] + self.rating_emb(ratings) + self.gap_emb(gaps)
@@ -211,9 +214,16 @@ class SequentialRetriever(nn.Module):
 
     @torch.no_grad()
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last state of each window (``batch["profile_states"]``, if given, replaces the profiles)."""
         item_vecs_raw = self.item_vectors(normalize=False)
         states = self.user_states(
-            batch["users"], batch["items"], batch["ratings"], batch["gaps"], batch["lengths"], item_vecs_raw
+            batch["users"],
+            batch["items"],
+            batch["ratings"],
+            batch["gaps"],
+            batch["lengths"],
+            item_vecs_raw,
+            batch.get("profile_states"),
         )
         return states[torch.arange(len(states)), batch["lengths"]]
 

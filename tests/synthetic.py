@@ -46,6 +46,7 @@ def synthetic_rec_data(n_users: int = 24, n_items: int = 40, length: int = 12, s
     counts = train.groupby("item_idx").size().reindex(range(n_items), fill_value=0)
     items["n_train_interactions"] = counts.to_numpy()
     items["mean_train_rating"] = train.groupby("item_idx")["rating"].mean().reindex(range(n_items)).to_numpy()
+    items["is_cold"] = False
     items["popularity_rank"] = counts.rank(ascending=False, method="min").astype(int).to_numpy()
     items["popularity_percentile"] = np.ceil(100 * items["popularity_rank"] / n_items).astype(int)
     users = pd.DataFrame(

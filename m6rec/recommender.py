@@ -1,0 +1,297 @@
+"""A trained model bundle on disk and the inference API over it (used by the BentoML service).
+
+Bundle layout (one folder, written atomically by :func:`save_bundle`):
+  manifest.json     configs, encoder, text style, versions, metrics
+  items.parquet     the catalogue the models score (item_idx order)
+  segments.pt       cached pooled item/profile segment states (SegmentCache)
+  retriever.pt      SequentialRetriever weights
+  ranker.pt         SegmentRanker weights
+  encoder/          the text encoder (HF folder), for free-text queries and new users' profiles
+  explainer/        optional: a causal LM checkpoint for "... because" explanations
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from m6rec.backbones import Encoder, load_encoder, pick_device
+from m6rec.data import RecData
+from m6rec.ranking import RankerConfig, SegmentRanker, new_ranker
+from m6rec.retrieval import (
+    N_GAP_BUCKETS,
+    RetrieverConfig,
+    SegmentCache,
+    SequentialRetriever,
+    Window,
+    collate,
+    gap_buckets,
+    new_retriever,
+    rating_ids,
+)
+from m6rec.textify import Event, ItemText, Profile, TextStyle, behaviour_segments, profile_text
+
+BUNDLE_FORMAT = 1
+ITEM_COLUMNS = [
+    "item_id",
+    "item_idx",
+    "title",
+    "release_year",
+    "genres",
+    "attributes",
+    "n_train_interactions",
+    "mean_train_rating",
+    "popularity_rank",
+    "popularity_percentile",
+    "is_cold",
+]
+
+
+@dataclass
+class HistoryEvent:
+    item_id: str
+    rating: float | None = None
+    ts: int | None = None
+
+
+@dataclass
+class Scored:
+    item_id: str
+    title: str
+    score: float
+    explanation: str | None = None
+
+
+def save_bundle(
+    path: str | Path,
+    *,
+    data: RecData,
+    cache: SegmentCache,
+    encoder: Encoder,
+    retriever: SequentialRetriever,
+    ranker: SegmentRanker,
+    style: TextStyle,
+    metrics: dict[str, Any] | None = None,
+    explainer_dir: str | Path | None = None,
+) -> Path:
+    """Write every artefact into a temp folder beside ``path``, then swap it in."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{int(time.time() * 1000)}")
+    tmp.mkdir(parents=True)
+    data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
+    cache.save(tmp / "segments.pt")
+    torch.save(retriever.state_dict(), tmp / "retriever.pt")
+    torch.save(ranker.state_dict(), tmp / "ranker.pt")
+    encoder.model.save_pretrained(tmp / "encoder")
+    encoder.tokenizer.save_pretrained(tmp / "encoder")
+    if explainer_dir is not None:
+        shutil.copytree(explainer_dir, tmp / "explainer")
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "encoder": encoder.name,
+        "style": asdict(style),
+        "retriever": asdict(retriever.config),
+        "ranker": asdict(ranker.config),
+        "n_items": int(len(data.items)),
+        "explainer": explainer_dir is not None,
+        "metrics": metrics or {},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+class UnknownItemError(KeyError):
+    """A request named item ids the catalogue does not have."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        super().__init__(f"unknown item id(s): {', '.join(map(repr, ids[:10]))}")
+
+
+class Recommender:
+    """Loads a bundle once; every method is safe to call from many requests (no shared mutable state)."""
+
+    def __init__(self, path: str | Path, device: str | torch.device | None = None) -> None:
+        self.path = Path(path)
+        self.device = torch.device(device) if device else pick_device()
+        self.manifest = json.loads((self.path / "manifest.json").read_text())
+        self.items = pd.read_parquet(self.path / "items.parquet")
+        self.index = dict(zip(self.items["item_id"], self.items["item_idx"], strict=True))
+        self.style = TextStyle(**self.manifest["style"])
+        cache = SegmentCache.load(self.path / "segments.pt")
+        shim = RecData(items=self.items, users=pd.DataFrame({"user_id": []}), events=pd.DataFrame())
+        self.retriever = new_retriever(RetrieverConfig(**self.manifest["retriever"]), shim, cache)
+        self.retriever.load_state_dict(torch.load(self.path / "retriever.pt", map_location="cpu"))
+        self.ranker = new_ranker(RankerConfig(**self.manifest["ranker"]), shim, cache)
+        self.ranker.load_state_dict(torch.load(self.path / "ranker.pt", map_location="cpu"))
+        self.retriever.to(self.device).eval()
+        self.ranker.to(self.device).eval()
+        self.encoder = load_encoder(self.path / "encoder", device=self.device)
+        with torch.no_grad():
+            self.item_vectors = self.retriever.item_vectors()  # [n_items, d], unit norm
+        self.texts = [
+            ItemText(
+                title=r.title,
+                release_year=None if pd.isna(r.release_year) else int(r.release_year),
+                genres=tuple(r.genres),
+                popularity_percentile=100 - float(r.popularity_percentile),
+            )
+            for r in self.items.itertuples(index=False)
+        ]
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _indices(self, ids: list[str]) -> np.ndarray:
+        unknown = [i for i in ids if i not in self.index]
+        if unknown:
+            raise UnknownItemError(unknown)
+        return np.asarray([self.index[i] for i in ids], dtype=np.int64)
+
+    def _profile_state(self, profile: Profile | None) -> torch.Tensor:
+        return self.encoder.encode([profile_text(profile)], max_length=32).to(self.device)[0]
+
+    def _window_batch(self, history: list[HistoryEvent]) -> dict[str, torch.Tensor]:
+        """The last ``max_len`` events as the user tower's window; features from the whole history (so
+        the window's first time gap is measured from the event before it, as in training)."""
+        items = self._indices([e.item_id for e in history])
+        ratings = rating_ids(
+            np.asarray([np.nan if e.rating is None else e.rating for e in history], dtype=float)
+        )
+        if history and all(e.ts is not None for e in history):
+            gaps = gap_buckets(np.asarray([e.ts for e in history], dtype=np.int64))
+        else:
+            gaps = np.zeros(len(history), dtype=np.int64)
+        keep = slice(max(0, len(items) - self.retriever.config.max_len), len(items))
+        batch = collate([Window(0, items[keep], ratings[keep], gaps[keep])])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _user_vector(self, history: list[HistoryEvent], profile: Profile | None) -> torch.Tensor:
+        batch = self._window_batch(history)
+        batch["profile_states"] = self._profile_state(profile)[None]
+        return self.retriever.user_vectors(batch)[0]
+
+    # --- API ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def retrieve_scores(
+        self, history: list[HistoryEvent], profile: Profile | None = None, query: str | None = None
+    ) -> np.ndarray:
+        """Cosine scores over the catalogue from the history (user tower) and/or a free-text query
+        (the text encoder's similarity with each item's text)."""
+        total = torch.zeros(len(self.items), device=self.device)
+        if history or query is None:
+            total += self._user_vector(history, profile) @ self.item_vectors.T
+        if query:
+            q = self.encoder.encode([query], max_length=64).to(self.device)[0]
+            total += q @ self.retriever.item_states.T
+        return total.cpu().numpy()
+
+    @torch.no_grad()
+    def rank(
+        self,
+        history: list[HistoryEvent],
+        candidates: list[str],
+        profile: Profile | None = None,
+        now_ts: int | None = None,
+    ) -> np.ndarray:
+        """Like probability of each candidate (the CTR ranker over the last history events)."""
+        cand = self._indices(candidates)
+        recent = history[-10:]
+        hist = self._indices([e.item_id for e in recent])
+        width = max(len(hist), 1)
+        n = len(cand)
+        hist_items = torch.full((n, width), -1, dtype=torch.long)
+        hist_items[:, : len(hist)] = torch.as_tensor(hist)
+        ratings = torch.zeros((n, width), dtype=torch.long)
+        ratings[:, : len(hist)] = torch.as_tensor(
+            rating_ids(np.asarray([np.nan if e.rating is None else e.rating for e in recent], dtype=float))
+        )
+        gaps = torch.zeros((n, width), dtype=torch.long)
+        if recent and now_ts is not None and all(e.ts is not None for e in recent):
+            hours = (now_ts - np.asarray([e.ts for e in recent])).clip(min=0) / 3600.0
+            gaps[:, : len(hist)] = torch.as_tensor(
+                np.minimum(np.floor(np.log2(hours + 1)), N_GAP_BUCKETS - 1)
+            )
+        batch = {
+            "users": torch.zeros(n, dtype=torch.long),
+            "hist_items": hist_items,
+            "hist_ratings": ratings,
+            "hist_gaps": gaps,
+            "cand_items": torch.as_tensor(cand),
+        }
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch["profile_states"] = self._profile_state(profile)[None].expand(n, -1)
+        return torch.sigmoid(self.ranker(batch)).cpu().numpy()
+
+    def recommend(
+        self,
+        history: list[HistoryEvent],
+        k: int = 10,
+        *,
+        profile: Profile | None = None,
+        query: str | None = None,
+        rerank: int = 50,
+        exclude_seen: bool = True,
+    ) -> list[Scored]:
+        """Top-``k``: retrieval over the whole catalogue, then the ranker re-scores the top ``rerank``."""
+        scores = self.retrieve_scores(history, profile, query)
+        if exclude_seen and history:
+            scores[self._indices([e.item_id for e in history])] = -np.inf
+        pool = np.argsort(-scores, kind="stable")[: max(k, rerank)]
+        pool = pool[np.isfinite(scores[pool])]
+        final = scores[pool]
+        if rerank and history and not query:
+            probs = self.rank(
+                history, self.items["item_id"].to_numpy()[pool].tolist(), profile, now_ts=history[-1].ts
+            )
+            final = probs
+        order = np.argsort(-final, kind="stable")[:k]
+        return [
+            Scored(
+                item_id=str(self.items["item_id"].iat[pool[i]]),
+                title=str(self.items["title"].iat[pool[i]]),
+                score=float(final[i]),
+            )
+            for i in order
+        ]
+
+    def similar_items(self, item_id: str, k: int = 10) -> list[Scored]:
+        idx = int(self._indices([item_id])[0])
+        sims = (self.item_vectors @ self.item_vectors[idx]).cpu().numpy()
+        sims[idx] = -np.inf
+        order = np.argsort(-sims, kind="stable")[:k]
+        return [
+            Scored(str(self.items["item_id"].iat[i]), str(self.items["title"].iat[i]), float(sims[i]))
+            for i in order
+        ]
+
+    def behaviour_text(
+        self, history: list[HistoryEvent], item_id: str, profile: Profile | None = None
+    ) -> str:
+        """The exact M6-Rec text the models are trained on, for this request (shared with training)."""
+        idx = self._indices([item_id] + [e.item_id for e in history])
+        events = [
+            Event(item=self.texts[i], ts=e.ts, rating=e.rating) for i, e in zip(idx[1:], history, strict=True)
+        ]
+        now = max((e.ts for e in history if e.ts is not None), default=None)
+        return " ".join(
+            behaviour_segments(
+                profile or Profile(),
+                events,
+                self.texts[idx[0]],
+                now if now is not None else 0,
+                style=self.style,
+            )
+        )

@@ -1,0 +1,91 @@
+"""A saved bundle loads and answers recommend / rank / similar_items; unknown ids fail clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from m6rec.backbones import tiny_encoder
+from m6rec.ranking import RankerConfig, new_ranker
+from m6rec.recommender import HistoryEvent, Recommender, UnknownItemError, save_bundle
+from m6rec.retrieval import RetrieverConfig, build_segment_cache, collate, new_retriever, query_windows
+from m6rec.textify import Profile, TextStyle
+from tests.synthetic import synthetic_rec_data
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory):
+    data = synthetic_rec_data()
+    encoder = tiny_encoder(seed=0)
+    cache = build_segment_cache(encoder, data)
+    torch.manual_seed(0)
+    retriever = new_retriever(RetrieverConfig(dim=32, heads=2, max_len=8), data, cache).eval()
+    ranker = new_ranker(RankerConfig(dim=32, heads=2), data, cache).eval()
+    path = tmp_path_factory.mktemp("bundle") / "model"
+    save_bundle(
+        path,
+        data=data,
+        cache=cache,
+        encoder=encoder,
+        retriever=retriever,
+        ranker=ranker,
+        style=TextStyle(with_popularity=True),
+        metrics={"ndcg@10": 0.5},
+    )
+    return path, data, retriever
+
+
+def test_bundle_layout_and_swap(bundle) -> None:
+    path, _, _ = bundle
+    assert {p.name for p in path.iterdir()} >= {
+        "manifest.json",
+        "items.parquet",
+        "segments.pt",
+        "retriever.pt",
+        "ranker.pt",
+        "encoder",
+    }
+    assert not list(path.parent.glob("model.tmp-*"))
+
+
+def test_recommend_matches_the_trained_user_tower(bundle) -> None:
+    path, data, retriever = bundle
+    rec = Recommender(path, device="cpu")
+    user0 = data.events[(data.events["user_idx"] == 0) & (data.events["split"] != "test")]
+    history = [HistoryEvent(r.item_id, r.rating, int(r.ts)) for r in user0.itertuples()]
+    windows, _, _ = query_windows(data, "test", 8)
+    batch = collate(windows[:1])
+    batch["profile_states"] = rec._profile_state(Profile(age=20, gender="F", occupation="engineer"))[None]
+    with torch.no_grad():
+        expected = (retriever.user_vectors(batch) @ retriever.item_vectors().T)[0].numpy()
+    got = rec.retrieve_scores(history, Profile(age=20, gender="F", occupation="engineer"))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    top = rec.recommend(history, k=5, profile=Profile(age=20, gender="F", occupation="engineer"))
+    assert len(top) == 5 and not {t.item_id for t in top} & {h.item_id for h in history}
+    assert all(0.0 <= t.score <= 1.0 for t in top)  # re-ranked: like probabilities
+    assert [t.score for t in top] == sorted((t.score for t in top), reverse=True)
+
+
+def test_rank_similar_and_free_text(bundle) -> None:
+    rec = Recommender(bundle[0], device="cpu")
+    probs = rec.rank(
+        [HistoryEvent("i1", 5.0, 100), HistoryEvent("i2", None, 200)], ["i3", "i4", "i5"], now_ts=300
+    )
+    assert probs.shape == (3,) and ((probs > 0) & (probs < 1)).all()
+    similar = rec.similar_items("i3", k=4)
+    assert len(similar) == 4 and "i3" not in {s.item_id for s in similar}
+    by_text = rec.recommend([], k=3, query="Movie number 7")
+    assert len(by_text) == 3
+    text = rec.behaviour_text([HistoryEvent("i1", 5.0, 100)], "i3", Profile(age=30, gender="M"))
+    assert "Movie number 1" in text and text.endswith("?") and "i1" not in text.split()
+
+
+def test_unknown_ids_are_named(bundle) -> None:
+    rec = Recommender(bundle[0], device="cpu")
+    with pytest.raises(UnknownItemError, match="'nope'"):
+        rec.recommend([HistoryEvent("nope")], k=3)
+    with pytest.raises(UnknownItemError):
+        rec.similar_items("missing")
