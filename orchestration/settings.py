@@ -39,3 +39,12 @@ def dbt_executable() -> str:
     """The ``dbt`` beside this interpreter (a venv not on PATH), else the one on PATH."""
     beside = Path(sys.executable).parent / "dbt"
     return str(beside) if beside.exists() else shutil.which("dbt") or "dbt"
+
+
+def artifacts_dir() -> Path:
+    """Trained models, the candidate and champion bundles (``$M6REC_HOME/artifacts``)."""
+    return Path(os.environ.get("M6REC_ARTIFACTS", data_home() / "artifacts")).resolve()
+
+
+def bentoml_home() -> Path:
+    return Path(os.environ.get("BENTOML_HOME", data_home() / "bentoml")).resolve()

@@ -9,10 +9,29 @@ import dagster as dg
 from m6rec.sources import TABLE_SUFFIXES
 from orchestration import settings
 
+DATA_GROUPS = ("ingest", "staging", "intermediate", "marts")
+MODEL_GROUPS = ("training", "evaluation", "packaging")
+
 data_job = dg.define_asset_job(
     "data_pipeline",
-    selection=dg.AssetSelection.groups("ingest", "staging", "intermediate", "marts"),
+    selection=dg.AssetSelection.groups(*DATA_GROUPS),
     description="Ingest behaviour logs, transform them in dbt and gate them with Great Expectations.",
+)
+pipeline_job = dg.define_asset_job(
+    "m6rec_pipeline",
+    selection=dg.AssetSelection.groups(*DATA_GROUPS, *MODEL_GROUPS),
+    description="The whole graph: ingest, dbt, quality gates, training, evaluation, promotion, Bento.",
+)
+retrain_job = dg.define_asset_job(
+    "retrain",
+    selection=dg.AssetSelection.groups(*MODEL_GROUPS),
+    description="Retrain on the current marts, evaluate, promote if not worse, rebuild the Bento.",
+)
+weekly_retrain = dg.ScheduleDefinition(
+    job=retrain_job,
+    cron_schedule="0 3 * * 1",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Retrain every Monday at 03:00 (turn it on in the UI).",
 )
 
 LOG_SUFFIXES = (*TABLE_SUFFIXES, ".inter", ".item", ".user", ".data")
@@ -36,10 +55,10 @@ def incoming_fingerprint(folder: Path, *, settle_s: float = SETTLE_S) -> str | N
 
 
 @dg.sensor(
-    job=data_job,
+    job=pipeline_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Re-ingests the incoming folder (M6REC_INCOMING) when its log files change.",
+    description="Re-ingests the incoming folder (M6REC_INCOMING) when its log files change, then retrains.",
 )
 def incoming_logs_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     folder = settings.incoming_dir()

@@ -1,5 +1,6 @@
 """Resources shared by every stage: the DuckDB warehouse and the dbt CLI."""
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -8,6 +9,8 @@ import duckdb
 import pandas as pd
 from dagster_dbt import DbtCliResource
 
+from m6rec.backbones import load_encoder, tiny_encoder
+from m6rec.profiles import get_profile
 from m6rec.warehouse import connect
 from orchestration import settings
 
@@ -40,6 +43,26 @@ class QualityThresholds(dg.ConfigurableResource):
     min_train_fraction: float = 0.5
 
 
+class ModelSettings(dg.ConfigurableResource):
+    """Which training profile runs (smoke / default / full) and optional overrides; a GPU is used
+    automatically when present."""
+
+    profile: str = "default"
+    encoder: str | None = None  # any HF checkpoint folder or hub id instead of the profile's encoder
+    budget_s: float | None = None  # per-model wall-clock budget instead of the profile's
+    seed: int = 0
+
+    def resolved(self):
+        overrides = {"budget_s": self.budget_s} if self.budget_s is not None else {}
+        if self.encoder:
+            overrides["encoder"] = self.encoder
+        return get_profile(self.profile, **overrides)
+
+    def load_encoder(self):
+        name = self.resolved().encoder
+        return tiny_encoder(seed=self.seed) if name == "tiny" else load_encoder(name, settings.cache_dir())
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     # In-process execution: one process per run, so DuckDB's single writer is never contended
@@ -52,5 +75,6 @@ def resources() -> dg.Definitions:
                 project_dir=str(settings.DBT_PROJECT_DIR), dbt_executable=settings.dbt_executable()
             ),
             "quality": QualityThresholds(),
+            "model_settings": ModelSettings(profile=os.environ.get("M6REC_PROFILE", "default")),
         },
     )

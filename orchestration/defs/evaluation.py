@@ -1,0 +1,153 @@
+"""The candidate bundle, its offline evaluation beside the baselines, and the promotion gate."""
+
+import json
+import shutil
+import time
+
+import dagster as dg
+import numpy as np
+
+from m6rec import evaluation
+from m6rec.data import load_rec_data
+from m6rec.recommender import save_bundle
+from m6rec.retrieval import SegmentCache
+from orchestration.defs.resources import ModelSettings, WarehouseResource
+from orchestration.defs.training import TEXT_STYLE, artifact, load_trained, ranker, retriever, segment_cache
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+@dg.asset(group_name="evaluation", deps=[retriever, ranker, segment_cache], pool="duckdb", kinds={"pytorch"})
+def item_index(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+) -> dg.MaterializeResult:
+    """The candidate bundle: item-tower embeddings and cached segments for every catalogue item, the
+    trained models and the encoder, in one folder the service loads."""
+    data = load_rec_data(warehouse.database)
+    cache = SegmentCache.load(artifact("segment_cache.pt"))
+    retriever_model, ranker_model = load_trained(data, cache)
+    path = save_bundle(
+        artifact(CANDIDATE),
+        data=data,
+        cache=cache,
+        encoder=model_settings.load_encoder(),
+        retriever=retriever_model,
+        ranker=ranker_model,
+        style=TEXT_STYLE,
+        metrics={"profile": model_settings.resolved().name},
+    )
+    vectors = retriever_model.item_vectors().detach().numpy()
+    np.save(path / "item_index.npy", vectors)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(path),
+            "items": vectors.shape[0],
+            "dim": vectors.shape[1],
+            "bundle_mb": round(size / 2**20, 1),
+        }
+    )
+
+
+def _image(b64: str, title: str) -> str:
+    return f"![{title}](data:image/png;base64,{b64})"
+
+
+@dg.asset(group_name="evaluation", deps=[item_index], pool="duckdb", kinds={"pytorch"})
+def offline_evaluation(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+) -> dg.MaterializeResult:
+    """Test-split metrics of every model beside Pop / ItemKNN / SASRec trained on the same split, plus
+    CTR AUC; writes the model card and evaluation.json into the candidate bundle."""
+    profile = model_settings.resolved()
+    start = time.perf_counter()
+    data = load_rec_data(warehouse.database)
+    cache = SegmentCache.load(artifact("segment_cache.pt"))
+    retriever_model, ranker_model = load_trained(data, cache)
+    examples = warehouse.read("select * from marts.ctr_examples")
+    report = evaluation.evaluate(
+        data,
+        retriever_model,
+        ranker_model,
+        examples,
+        baselines=profile.baselines,
+        sasrec_budget_s=profile.sasrec_budget_s,
+        log=context.log.info,
+    )
+    bundle = artifact(CANDIDATE)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["profile"] = profile.name
+    manifest["metrics"] = report.to_dict()
+    (bundle / "evaluation.json").write_text(json.dumps(report.to_dict(), indent=2, default=float))
+    (bundle / "model_card.md").write_text(evaluation.model_card(report, manifest))
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    images = evaluation.plots(report)
+    ours = report.retrieval["m6rec retriever"]
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(report.markdown()),
+            "ndcg_at_k_plot": dg.MetadataValue.md(_image(images["ndcg_at_k"], "NDCG@K")),
+            "popularity_plot": dg.MetadataValue.md(_image(images["recommended_popularity"], "popularity")),
+            **{f"test_{k}": float(ours[k]) for k in ("ndcg@10", "hit@10", "mrr@10", "coverage@10")},
+            "test_ctr_auc": float(report.ctr["m6rec segment ranker"]["auc"]),
+            **{k: float(v) for k, v in report.validation.items()},
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+
+
+class PromotionConfig(dg.Config):
+    """The challenger replaces the champion only if no validation metric drops by more than this."""
+
+    tolerance: float = 0.0
+
+
+def promotion_decision(
+    challenger: dict[str, float], champion: dict[str, float] | None, tolerance: float
+) -> tuple[bool, str]:
+    """Higher is better for every gated metric; a first model is always promoted."""
+    if not champion:
+        return True, "no champion yet"
+    worse = [
+        f"{k}: {challenger.get(k, float('-inf')):.4f} < {v:.4f} - {tolerance}"
+        for k, v in champion.items()
+        if challenger.get(k, float("-inf")) < v - tolerance
+    ]
+    return (
+        (False, "challenger is worse on " + "; ".join(worse)) if worse else (True, "not worse on any metric")
+    )
+
+
+@dg.asset(group_name="evaluation", deps=[offline_evaluation])
+def promoted_model(context: dg.AssetExecutionContext, config: PromotionConfig) -> dg.MaterializeResult:
+    """The promotion gate: copy the candidate over the champion (atomically) when its validation metrics
+    are not worse; otherwise the champion, and the Bento built from it, stay as they are."""
+    candidate, champion = artifact(CANDIDATE), artifact(CHAMPION)
+    challenger_metrics = json.loads((candidate / "evaluation.json").read_text())["validation"]
+    champion_metrics = (
+        json.loads((champion / "evaluation.json").read_text())["validation"]
+        if (champion / "evaluation.json").exists()
+        else None
+    )
+    promote, reason = promotion_decision(challenger_metrics, champion_metrics, config.tolerance)
+    if promote:
+        tmp = champion.with_name(champion.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(candidate, tmp)
+        old = champion.with_name(champion.name + ".old")
+        if champion.exists():
+            champion.rename(old)
+        tmp.rename(champion)
+        shutil.rmtree(old, ignore_errors=True)
+    context.log.info(f"{'promoted' if promote else 'kept the champion'}: {reason}")
+    manifest = json.loads((champion / "manifest.json").read_text()) if champion.exists() else {}
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": promote,
+            "reason": reason,
+            "champion_path": str(champion),
+            "champion_created_at": manifest.get("created_at", "n/a"),
+            "challenger": dg.MetadataValue.json(challenger_metrics),
+            "previous_champion": dg.MetadataValue.json(champion_metrics or {}),
+        }
+    )

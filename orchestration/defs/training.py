@@ -1,0 +1,145 @@
+"""Training: cached segment states, then the retriever and the CTR ranker over them."""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import torch
+
+from m6rec.data import load_rec_data
+from m6rec.ranking import RankerConfig, train_ranker
+from m6rec.retrieval import RetrieverConfig, SegmentCache, build_segment_cache, train_retriever
+from m6rec.textify import TextStyle
+from m6rec.trainer import TrainConfig, result_metadata
+from orchestration import settings
+from orchestration.defs.resources import ModelSettings, WarehouseResource
+
+MARTS = {
+    name: dg.AssetKey(["marts", name])
+    for name in ("item_catalogue", "user_profiles", "splits", "ctr_examples")
+}
+TEXT_STYLE = TextStyle(with_popularity=True)
+
+
+def artifact(*parts: str) -> Path:
+    path = settings.artifacts_dir().joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def param_count(model: torch.nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "trainable_parameters": trainable,
+        "total_parameters": trainable + sum(b.numel() for b in model.buffers()),
+    }
+
+
+@dg.asset(
+    group_name="training",
+    deps=[MARTS["item_catalogue"], MARTS["user_profiles"]],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
+def segment_cache(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+) -> dg.MaterializeResult:
+    """Every item and profile text through the frozen encoder once (pooled states), for all models."""
+    start = time.perf_counter()
+    data = load_rec_data(warehouse.database)
+    encoder = model_settings.load_encoder()
+    cache = build_segment_cache(encoder, data, TEXT_STYLE)
+    cache.save(artifact("segment_cache.pt"))
+    return dg.MaterializeResult(
+        metadata={
+            "encoder": encoder.name,
+            "items": cache.item_states.shape[0],
+            "profiles": cache.profile_states.shape[0],
+            "state_dim": cache.item_states.shape[1],
+            "device": str(encoder.device),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+
+
+def _train_config(name: str, model_settings: ModelSettings, steps: int, metric: str) -> TrainConfig:
+    profile = model_settings.resolved()
+    return TrainConfig(
+        output_dir=str(artifact(name, "run")),
+        max_steps=steps,
+        lr=1e-3,
+        eval_every=profile.eval_every,
+        metric=metric,
+        patience=profile.patience,
+        max_seconds=profile.budget_s,
+        seed=model_settings.seed,
+        resume=False,
+        progress=False,
+    )
+
+
+@dg.asset(group_name="training", deps=[segment_cache, MARTS["splits"]], pool="duckdb", kinds={"pytorch"})
+def retriever(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+) -> dg.MaterializeResult:
+    """Two-tower retriever, trained on next-item prediction, early-stopped on valid NDCG@10."""
+    profile = model_settings.resolved()
+    data = load_rec_data(warehouse.database)
+    cache = SegmentCache.load(artifact("segment_cache.pt"))
+    cfg = _train_config("retriever", model_settings, profile.retriever_steps, "ndcg@10")
+    model, result = train_retriever(
+        data, cache, profile.retriever, cfg, batch_size=profile.batch_size, log=context.log.info
+    )
+    torch.save(model.state_dict(), artifact("retriever", "model.pt"))
+    artifact("retriever", "config.json").write_text(json.dumps(profile.retriever.__dict__))
+    history = pd.DataFrame(result.history)
+    return dg.MaterializeResult(
+        metadata={
+            **result_metadata(result, cfg),
+            **param_count(model),
+            "profile": profile.name,
+            "valid_curve": dg.MetadataValue.md(
+                history[["step", "train_loss", "ndcg@10", "hit@10"]].to_markdown(index=False)
+                if len(history)
+                else "(no evaluation)"
+            ),
+        }
+    )
+
+
+@dg.asset(
+    group_name="training", deps=[segment_cache, MARTS["ctr_examples"]], pool="duckdb", kinds={"pytorch"}
+)
+def ranker(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+) -> dg.MaterializeResult:
+    """Late-interaction CTR ranker over cached segments (TALLRec labels), early-stopped on valid AUC."""
+    profile = model_settings.resolved()
+    data = load_rec_data(warehouse.database)
+    examples = warehouse.read("select * from marts.ctr_examples")
+    cache = SegmentCache.load(artifact("segment_cache.pt"))
+    cfg = _train_config("ranker", model_settings, profile.ranker_steps, "auc")
+    model, result = train_ranker(
+        data, cache, examples, profile.ranker, cfg, batch_size=profile.ranker_batch_size, log=context.log.info
+    )
+    torch.save(model.state_dict(), artifact("ranker", "model.pt"))
+    artifact("ranker", "config.json").write_text(json.dumps(profile.ranker.__dict__))
+    return dg.MaterializeResult(
+        metadata={**result_metadata(result, cfg), **param_count(model), "profile": profile.name}
+    )
+
+
+def load_trained(data, cache):
+    """The retriever and ranker as the training assets left them."""
+    from m6rec.ranking import new_ranker
+    from m6rec.retrieval import new_retriever
+
+    ret = new_retriever(
+        RetrieverConfig(**json.loads(artifact("retriever", "config.json").read_text())), data, cache
+    )
+    ret.load_state_dict(torch.load(artifact("retriever", "model.pt"), map_location="cpu"))
+    rank = new_ranker(RankerConfig(**json.loads(artifact("ranker", "config.json").read_text())), data, cache)
+    rank.load_state_dict(torch.load(artifact("ranker", "model.pt"), map_location="cpu"))
+    return ret.eval(), rank.eval()
