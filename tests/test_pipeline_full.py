@@ -1,0 +1,98 @@
+"""The whole graph in-process with the smoke profile (tiny random backbones) on MovieLens-100K, and the
+promotion gate both ways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from orchestration.defs.evaluation import promotion_decision
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("M6REC_HOME", str(home))
+        mp.setenv("M6REC_DUCKDB_PATH", str(home / "warehouse.duckdb"))
+        mp.setenv("M6REC_CACHE", str(Path(__file__).resolve().parents[1] / "data" / "cache"))
+        mp.setenv("M6REC_PROFILE", "smoke")
+        mp.setenv("BENTOML_HOME", str(home / "bentoml"))
+        from orchestration.definitions import defs
+
+        job = defs().resolve_job_def("m6rec_pipeline")
+        result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        yield home, result
+
+
+def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> None:
+    home, result = smoke_run
+    assert result.success
+    report = _meta(result, "offline_evaluation")
+    table = report["report"]
+    for row in ("m6rec retriever", "Pop", "ItemKNN", "m6rec segment ranker", "item mean rating (baseline)"):
+        assert f"| {row} |" in table
+    assert 0.0 <= report["test_ndcg@10"] <= 1.0 and 0.0 <= report["test_ctr_auc"] <= 1.0
+    assert report["ndcg_at_k_plot"].startswith("![NDCG@K](data:image/png;base64,")
+    training = _meta(result, "retriever")
+    assert (
+        training["profile"] == "smoke"
+        and training["trainable_parameters"] > 0
+        and training["device"] == "cpu"
+    )
+    champion = home / "artifacts" / "champion"
+    evaluation = json.loads((champion / "evaluation.json").read_text())
+    assert set(evaluation["validation"]) == {
+        "retriever_valid_ndcg@10",
+        "retriever_valid_hit@10",
+        "ranker_valid_auc",
+    }
+    assert "m6rec model card" in (champion / "model_card.md").read_text()
+    assert _meta(result, "promoted_model")["promoted"] is True
+
+
+def test_promotion_gate_both_ways() -> None:
+    champion = {"retriever_valid_ndcg@10": 0.10, "ranker_valid_auc": 0.80}
+    better = {"retriever_valid_ndcg@10": 0.11, "ranker_valid_auc": 0.80}
+    worse = {"retriever_valid_ndcg@10": 0.09, "ranker_valid_auc": 0.81}
+    assert promotion_decision(better, champion, 0.0) == (True, "not worse on any metric")
+    promote, reason = promotion_decision(worse, champion, 0.0)
+    assert not promote and "retriever_valid_ndcg@10: 0.0900 < 0.1000" in reason
+    assert promotion_decision(worse, champion, 0.02)[0]  # within tolerance
+    assert promotion_decision(worse, None, 0.0) == (True, "no champion yet")
+
+
+def _bundle(path: Path, ndcg: float, stamp: str) -> None:
+    path.mkdir(parents=True)
+    (path / "evaluation.json").write_text(json.dumps({"validation": {"retriever_valid_ndcg@10": ndcg}}))
+    (path / "manifest.json").write_text(json.dumps({"created_at": stamp}))
+
+
+def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_path, monkeypatch) -> None:
+    from orchestration.defs.evaluation import promoted_model
+
+    monkeypatch.setenv("M6REC_ARTIFACTS", str(tmp_path))
+    _bundle(tmp_path / "champion", 0.10, "champion-1")
+    _bundle(tmp_path / "candidate", 0.08, "challenger-2")
+    refused = dg.materialize([promoted_model], instance=dg.DagsterInstance.ephemeral())
+    meta = refused.asset_materializations_for_node("promoted_model")[0].metadata
+    assert meta["promoted"].value is False and "worse" in meta["reason"].value
+    assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "champion-1"
+
+    (tmp_path / "candidate" / "evaluation.json").write_text(
+        json.dumps({"validation": {"retriever_valid_ndcg@10": 0.12}})
+    )
+    accepted = dg.materialize([promoted_model], instance=dg.DagsterInstance.ephemeral())
+    assert accepted.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
+    assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "challenger-2"
+    assert not (tmp_path / "champion.tmp").exists() and not (tmp_path / "champion.old").exists()
