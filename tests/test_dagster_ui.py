@@ -1,0 +1,132 @@
+"""What the UI does, through the GraphQL API of a real `dg dev`: the graph loads with its checks, and a
+launched run (the Materialize button) succeeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    assert "errors" not in payload, payload["errors"]
+    return payload["data"]
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("ui")
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "M6REC_HOME": str(home / "data"),
+        "M6REC_DUCKDB_PATH": str(home / "data" / "warehouse.duckdb"),
+        "M6REC_CACHE": str(REPO / "data" / "cache"),
+        "M6REC_INCOMING": str(home / "incoming"),
+        "M6REC_PROFILE": "smoke",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                data = _graphql(
+                    port,
+                    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name "
+                    "location { name } } } } }",
+                )
+                if data["repositoriesOrError"]["nodes"]:
+                    break
+            except Exception:
+                pass
+            assert proc.poll() is None, "dg dev exited"
+            time.sleep(2)
+        else:
+            pytest.fail("dg dev did not serve its GraphQL API within 180 s")
+        yield port, data["repositoriesOrError"]["nodes"][0]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_graph_and_checks_load(dagster_dev) -> None:
+    port, _ = dagster_dev
+    nodes = _graphql(port, "{ assetNodes { assetKey { path } groupName hasAssetChecks } }")["assetNodes"]
+    keys = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+    for key in (
+        "raw/ratings",
+        "marts/splits",
+        "segment_cache",
+        "retriever",
+        "ranker",
+        "offline_evaluation",
+        "promoted_model",
+    ):
+        assert key in keys, sorted(keys)
+    assert keys["raw/ratings"]["hasAssetChecks"] and keys["marts/splits"]["hasAssetChecks"]
+
+
+def test_launched_run_succeeds(dagster_dev) -> None:
+    port, repo = dagster_dev
+    selector = {
+        "repositoryLocationName": repo["location"]["name"],
+        "repositoryName": repo["name"],
+        "jobName": "data_pipeline",
+    }
+    launched = _graphql(
+        port,
+        """
+        mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+          __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+        {"params": {"selector": selector, "runConfigData": {}}},
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline, status = time.time() + 300, None
+    while time.time() < deadline:
+        status = _graphql(
+            port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id}
+        )["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(3)
+    assert status == "SUCCESS"
