@@ -118,6 +118,7 @@ class RetrieverConfig:
     dropout: float = 0.2
     max_len: int = 50
     temperature: float = 0.07
+    cosine: bool = True  # False: plain dot products (as SASRec), temperature ignored
     use_ids: bool = True
     id_dropout: float = 0.2  # share of ID rows zeroed per step, so text alone stays a good item vector
     use_popularity: bool = True
@@ -158,6 +159,10 @@ class SequentialRetriever(nn.Module):
     def n_items(self) -> int:
         return self.item_states.shape[0]
 
+    @property
+    def _temperature(self) -> float:
+        return self.config.temperature if self.config.cosine else 1.0
+
     def item_vectors(self, normalize: bool = True) -> torch.Tensor:
         """[n_items, d] item tower output for the whole catalogue."""
         vec = self.item_proj(self.item_states)
@@ -169,7 +174,7 @@ class SequentialRetriever(nn.Module):
             vec = vec + ids
         if self.config.use_popularity:
             vec = vec + self.pop_emb(self.pop_buckets)
-        return F.normalize(vec, dim=-1) if normalize else vec
+        return F.normalize(vec, dim=-1) if normalize and self.config.cosine else vec
 
     def user_states(
         self,
@@ -194,7 +199,8 @@ class SequentialRetriever(nn.Module):
         causal = torch.triu(torch.ones(steps + 1, steps + 1, dtype=torch.bool, device=tokens.device), 1)
         padding = torch.arange(steps + 1, device=tokens.device)[None] > lengths[:, None]
         out = self.encoder(self.dropout(tokens), mask=causal, src_key_padding_mask=padding)
-        return F.normalize(self.norm(out), dim=-1)
+        out = self.norm(out)
+        return F.normalize(out, dim=-1) if self.config.cosine else out
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Softmax over the catalogue (or the batch's targets) for every next-item position."""
@@ -206,10 +212,10 @@ class SequentialRetriever(nn.Module):
         valid = batch["items"] >= 0
         queries, targets = states[valid], batch["items"][valid]
         if self.n_items <= self.config.full_softmax_max_items:
-            logits = queries @ item_vecs.T / self.config.temperature
+            logits = queries @ item_vecs.T / self._temperature
             return F.cross_entropy(logits, targets)
         classes, inverse = torch.unique(targets, return_inverse=True)  # in-batch negatives
-        logits = queries @ item_vecs[classes].T / self.config.temperature
+        logits = queries @ item_vecs[classes].T / self._temperature
         return F.cross_entropy(logits, inverse)
 
     @torch.no_grad()

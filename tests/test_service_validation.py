@@ -1,0 +1,237 @@
+"""The service's request schemas and its Engine, in-process (no HTTP server): what is accepted, what is
+rejected and with which field named, and what the engine answers over a tiny bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from m6rec.serving.packaging import BundleError, import_bundle
+from m6rec.serving.service import (
+    MAX_HISTORY,
+    Engine,
+    ExplainRequest,
+    RankRequest,
+    RecommendRequest,
+    SimilarItemsRequest,
+)
+from tests.bundle_fixtures import TINY_METRICS, build_tiny_bundle
+
+torch.set_num_threads(1)
+
+HISTORY = [
+    {"item_id": "i1", "rating": 5, "ts": 1_000_000},  # Comedy, liked
+    {"item_id": "i5", "rating": 2, "ts": 1_086_400},  # Comedy, disliked
+    {"item_id": "i2", "ts": 1_172_800},  # Drama, unrated
+]
+
+
+def errors_of(model, payload) -> list[dict]:
+    with pytest.raises(ValidationError) as info:
+        model.model_validate_json(payload if isinstance(payload, str) else json.dumps(payload))
+    return info.value.errors(include_context=False, include_input=False)
+
+
+def test_valid_requests_parse() -> None:
+    req = RecommendRequest.model_validate_json(
+        json.dumps({"history": HISTORY, "k": 5, "profile": {"age": 30, "gender": "F"}, "explain": True})
+    )
+    assert [h.item_id for h in req.history] == ["i1", "i5", "i2"] and req.history[0].rating == 5.0
+    assert req.k == 5 and req.explain and req.exclude_seen and req.profile.gender == "F"
+    # numeric ids (ML-100K style) are accepted and become their decimal text
+    assert RankRequest.model_validate({"history": [{"item_id": 50}], "candidates": [1, "2"]}).candidates == [
+        "1",
+        "2",
+    ]
+    assert RecommendRequest.model_validate({"query": "  something funny  "}).query == "something funny"
+    assert SimilarItemsRequest.model_validate({"item_id": "i1"}).k == 10
+    assert ExplainRequest.model_validate({"history": HISTORY, "item_id": "i3"}).method == "auto"
+
+
+@pytest.mark.parametrize(
+    ("model", "payload", "loc", "fragment"),
+    [
+        (RecommendRequest, {}, (), "history is empty and no query"),
+        (RecommendRequest, {"history": [], "query": "   "}, ("query",), "at least 1 character"),
+        (RecommendRequest, {"history": "i1"}, ("history",), "valid array"),
+        (RecommendRequest, {"history": [{"item_id": "i1"}], "k": 0}, ("k",), "greater than or equal to 1"),
+        (
+            RecommendRequest,
+            {"history": [{"item_id": "i1"}], "k": 10**6},
+            ("k",),
+            "less than or equal to 1000",
+        ),
+        (RecommendRequest, {"history": [{"item_id": "i1"}], "k": "10"}, ("k",), "valid integer"),
+        (RecommendRequest, {"history": [{"item_id": "i1"}], "k": 2.5}, ("k",), "valid integer"),
+        (RecommendRequest, {"history": [{"item_id": "i1"}], "explain": "yes"}, ("explain",), "valid boolean"),
+        (
+            RecommendRequest,
+            {"history": [{"item_id": "i1", "rating": "five"}]},
+            ("history", 0, "rating"),
+            "number",
+        ),
+        (RecommendRequest, {"history": [{"item_id": "i1", "rating": 11}]}, ("history", 0, "rating"), "10"),
+        (
+            RecommendRequest,
+            {"history": [{"item_id": "i1", "ts": 1_700_000_000_000}]},
+            ("history", 0, "ts"),
+            "",
+        ),
+        (RecommendRequest, {"history": [{"item_id": True}]}, ("history", 0, "item_id"), "valid string"),
+        (RecommendRequest, {"history": [{"item_id": ""}]}, ("history", 0, "item_id"), "at least 1"),
+        (RecommendRequest, {"history": [{"id": "i1"}]}, ("history", 0, "item_id"), "Field required"),
+        (RecommendRequest, {"histroy": [{"item_id": "i1"}]}, ("histroy",), "Extra inputs"),
+        (RecommendRequest, {"query": "x", "profile": {"age": "old"}}, ("profile", "age"), "valid integer"),
+        (RecommendRequest, {"query": "x", "profile": "F"}, ("profile",), ""),
+        (RecommendRequest, {"query": "x" * 1001}, ("query",), "at most 1000"),
+        (
+            RecommendRequest,
+            {"history": [{"item_id": "i1"}] * (MAX_HISTORY + 1)},
+            ("history",),
+            f"at most {MAX_HISTORY}",
+        ),
+        (RecommendRequest, "{bad json", (), "Invalid JSON"),
+        (RecommendRequest, "[1, 2]", (), ""),
+        (RankRequest, {"history": [], "candidates": ["i1"]}, ("history",), "at least 1"),
+        (RankRequest, {"history": [{"item_id": "i1"}], "candidates": []}, ("candidates",), "at least 1"),
+        (RankRequest, {"history": [{"item_id": "i1"}]}, ("candidates",), "Field required"),
+        (ExplainRequest, {"history": [{"item_id": "i1"}]}, ("item_id",), "Field required"),
+        (
+            ExplainRequest,
+            {"history": [{"item_id": "i1"}], "item_id": "i2", "method": "magic"},
+            ("method",),
+            "",
+        ),
+        (SimilarItemsRequest, {"item_id": "i1", "k": -3}, ("k",), "greater than or equal to 1"),
+    ],
+)
+def test_bad_requests_name_the_field(model, payload, loc, fragment) -> None:
+    errors = errors_of(model, payload)
+    assert any(tuple(e["loc"]) == loc and fragment in e["msg"] for e in errors), errors
+
+
+# --------------------------------------------------------------------------------------------------
+# the engine over a tiny bundle (no explainer: the history explanations are deterministic)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "model", explainer=False)
+
+
+@pytest.fixture(scope="module")
+def engine(bundle: Path) -> Engine:
+    return Engine(bundle, device="cpu", model_tag="m6rec:test")
+
+
+def rec_request(**kw) -> RecommendRequest:
+    return RecommendRequest.model_validate({"history": HISTORY, **kw})
+
+
+def domain_errors(call) -> list[dict]:
+    with pytest.raises(ValidationError) as info:
+        call()
+    return info.value.errors(include_context=False, include_input=False)
+
+
+def test_engine_answers(engine: Engine) -> None:
+    top = engine.recommend(rec_request(k=5, explain=True))
+    assert len(top.items) == 5 and top.mode == "history" and top.model == "m6rec:test"
+    assert not {i.item_id for i in top.items} & {h["item_id"] for h in HISTORY}
+    assert all(i.explanation and i.explanation_source == "history" for i in top.items)
+    by_text = engine.recommend(
+        RecommendRequest.model_validate({"query": "Movie number 7", "k": 3, "explain": True})
+    )
+    assert by_text.mode == "query" and len(by_text.items) == 3
+    assert 'matches the request "Movie number 7"' in by_text.items[0].explanation
+    ranked = engine.rank(RankRequest.model_validate({"history": HISTORY, "candidates": ["i9", "i3", "i9"]}))
+    assert [i.item_id for i in ranked.items] == ["i9", "i3", "i9"]
+    assert ranked.items[0].score == ranked.items[2].score and 0 < ranked.items[1].score < 1
+    similar = engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "i3", "k": 39}))
+    assert len(similar.items) == 39 and "i3" not in {i.item_id for i in similar.items}
+    info = engine.model_info()
+    assert (
+        info.metrics == TINY_METRICS and info.n_items == 40 and info.explainer["status"].startswith("absent")
+    )
+
+
+def test_history_explanation_cites_liked_items_of_the_same_genre(engine: Engine) -> None:
+    out = engine.explain(
+        ExplainRequest.model_validate({"history": HISTORY, "item_id": "i13", "profile": {"gender": "M"}})
+    )
+    assert out.source == "history" and out.title == "Movie number 13"
+    # i13 is a Comedy: i1 (Comedy, 5 stars) is cited, i5 (Comedy, 2 stars) is not
+    assert out.explanation.startswith("He will like Movie number 13 (1993) because he liked Movie number 1")
+    assert "Comedy" in out.explanation and "Movie number 5" not in out.explanation
+    assert out.behaviour_text.startswith("A male user.") and out.behaviour_text.endswith("?")
+    assert " i1 " not in f" {out.behaviour_text} "  # no raw ids in the text
+    drama = engine.explain(
+        ExplainRequest.model_validate({"history": HISTORY, "item_id": "i6", "method": "history"})
+    )
+    assert "watched Movie number 2 (1982)" in drama.explanation  # unrated Drama
+    horror = engine.explain(ExplainRequest.model_validate({"history": HISTORY, "item_id": "i7"}))
+    assert "recent history" in horror.explanation  # no Horror in the history: the fallback wording
+
+
+def test_engine_rejects_what_the_catalogue_does_not_have(engine: Engine) -> None:
+    errors = domain_errors(
+        lambda: engine.recommend(
+            RecommendRequest.model_validate(
+                {"history": [{"item_id": "i1"}, {"item_id": "nope"}, {"item_id": 99}]}
+            )
+        )
+    )
+    assert [tuple(e["loc"]) for e in errors] == [("history", 1, "item_id"), ("history", 2, "item_id")]
+    assert "'nope'" in errors[0]["msg"] and "'99'" in errors[1]["msg"] and "40 items" in errors[0]["msg"]
+    errors = domain_errors(
+        lambda: engine.rank(RankRequest.model_validate({"history": HISTORY, "candidates": ["i2", "zzz"]}))
+    )
+    assert tuple(errors[0]["loc"]) == ("candidates", 1) and "'zzz'" in errors[0]["msg"]
+    errors = domain_errors(lambda: engine.recommend(rec_request(k=41)))
+    assert (
+        tuple(errors[0]["loc"]) == ("k",)
+        and "k=41 is larger than the catalogue (40 items)" in errors[0]["msg"]
+    )
+    errors = domain_errors(
+        lambda: engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "i1", "k": 40}))
+    )
+    assert "39 items" in errors[0]["msg"]
+    errors = domain_errors(lambda: engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "x"})))
+    assert tuple(errors[0]["loc"]) == ("item_id",)
+    errors = domain_errors(
+        lambda: engine.explain(
+            ExplainRequest.model_validate({"history": HISTORY, "item_id": "i3", "method": "language_model"})
+        )
+    )
+    assert tuple(errors[0]["loc"]) == ("method",) and "no language-model explainer" in errors[0]["msg"]
+
+
+def test_import_bundle_follows_bentoml_home(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each import lands in the store of the $BENTOML_HOME current at call time, with the bundle's
+    metrics as metadata and every bundle file kept."""
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
+    tags = []
+    for name in ("home-a", "home-b"):
+        monkeypatch.setenv("BENTOML_HOME", str(tmp_path / name))
+        tags.append(import_bundle(bundle, labels={"stage": name}, metadata={"run_id": "r1"}))
+    for name, tag in zip(("home-a", "home-b"), tags, strict=True):
+        version = tag.split(":")[1]
+        stored = tmp_path / name / "models" / "m6rec" / version
+        assert (stored / "MODEL_CARD.md").is_file() and (stored / "evaluation.json").is_file()
+        assert (stored / "encoder").is_dir() and (stored / "manifest.json").is_file()
+        model_yaml = (stored / "model.yaml").read_text()
+        assert f"stage: {name}" in model_yaml and "ndcg@10: 0.5" in model_yaml and "run_id: r1" in model_yaml
+    assert not (tmp_path / "home-a" / "models" / "m6rec" / tags[1].split(":")[1]).exists()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    shutil.rmtree(broken / "encoder")
+    with pytest.raises(BundleError, match="missing encoder"):
+        import_bundle(broken)
