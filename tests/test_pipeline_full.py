@@ -61,6 +61,22 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     assert _meta(result, "promoted_model")["promoted"] is True
 
 
+def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
+    home, result = smoke_run
+    meta = _meta(result, "bento")
+    assert meta["rebuilt"] is True and meta["bento_tag"].startswith("m6rec:")
+    contents = meta["contents"]
+    for part in (
+        "src/m6rec/serving/service.py",
+        "env/docker/Dockerfile",
+        "model_card.md",
+        "evaluation.json",
+        "retriever.pt",
+        "segments.pt",
+    ):
+        assert part in contents, (part, contents)
+
+
 def test_promotion_gate_both_ways() -> None:
     champion = {"retriever_valid_ndcg@10": 0.10, "ranker_valid_auc": 0.80}
     better = {"retriever_valid_ndcg@10": 0.11, "ranker_valid_auc": 0.80}

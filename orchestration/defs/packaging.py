@@ -1,0 +1,59 @@
+"""Packaging: the champion bundle into the BentoML model store and a built Bento, ready to serve."""
+
+import json
+import os
+import time
+
+import dagster as dg
+
+from orchestration import settings
+from orchestration.defs.evaluation import CHAMPION, promoted_model
+from orchestration.defs.training import artifact
+
+
+@dg.asset(group_name="packaging", deps=[promoted_model], kinds={"bentoml"})
+def bento(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """`bentoml build` of the champion (service code, model bundle, model card, evaluation summary, a
+    generated Dockerfile). When the champion did not change, the Bento already built for it stays."""
+    os.environ["BENTOML_HOME"] = str(settings.bentoml_home())  # read by the BentoML store and CLI
+    from m6rec.serving.packaging import bento_contents, bento_dir, build_bento, import_bundle
+
+    champion = artifact(CHAMPION)
+    manifest = json.loads((champion / "manifest.json").read_text())
+    marker = artifact("bento.json")
+    previous = json.loads(marker.read_text()) if marker.exists() else {}
+    if previous.get("champion_created_at") == manifest["created_at"]:
+        try:
+            bento_dir(previous["bento_tag"])
+            context.log.info(f"champion unchanged: {previous['bento_tag']} stays current")
+            return dg.MaterializeResult(metadata={**previous, "rebuilt": False})
+        except Exception:  # the store was wiped: build again
+            pass
+    start = time.perf_counter()
+    model_tag = import_bundle(champion, labels={"profile": str(manifest.get("profile", ""))})
+    bento_tag = build_bento(settings.REPO_ROOT, model_tag)
+    path = bento_dir(bento_tag)
+    model_dir = settings.bentoml_home() / "models" / model_tag.replace(":", "/")
+    size = sum(f.stat().st_size for d in (path, model_dir) for f in d.rglob("*") if f.is_file())
+    record = {
+        "bento_tag": bento_tag,
+        "model_tag": model_tag,
+        "champion_created_at": manifest["created_at"],
+        "bento_path": str(path),
+        "bentoml_home": str(settings.bentoml_home()),
+    }
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(marker)
+    files = bento_contents(bento_tag)
+    return dg.MaterializeResult(
+        metadata={
+            **record,
+            "rebuilt": True,
+            "size_mb_with_model": round(size / 2**20, 1),
+            "build_seconds": round(time.perf_counter() - start, 1),
+            "files": len(files),
+            "serve_command": f"BENTOML_HOME={settings.bentoml_home()} bentoml serve {bento_tag}",
+            "contents": dg.MetadataValue.md("\n".join(f"- `{f}`" for f in files[:60])),
+        }
+    )
