@@ -8,8 +8,9 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 3000
+SERVE_PORT ?= 3001
 
-.PHONY: install run dev test lint format clean
+.PHONY: install run data dev serve test lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,14 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP) ## create .venv and install everything from the package registries
 
-run: $(STAMP) ## the main job, end to end, on the embedded defaults (MovieLens-100K)
+run: $(STAMP) ## the main job, end to end, on the embedded defaults (MovieLens-100K, CPU): ends in a built Bento
+	$(BIN)/dg launch --job m6rec_pipeline
+
+data: $(STAMP) ## only the data half: ingest, dbt, quality gates
 	$(BIN)/dg launch --job data_pipeline
+
+serve: $(STAMP) ## serve the latest built Bento on http://$(HOST):$(SERVE_PORT)
+	BENTOML_HOME=$(CURDIR)/data/bentoml $(BIN)/bentoml serve m6rec:latest --host $(HOST) --port $(SERVE_PORT)
 
 dev: $(STAMP) ## the Dagster UI on http://$(HOST):$(PORT)
 	$(BIN)/dg dev --host $(HOST) --port $(PORT)
