@@ -73,3 +73,11 @@ def write_generic(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tests share 2 cores with whatever else runs: one torch thread is much faster than two then."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -23,6 +23,7 @@ def item_index(
 ) -> dg.MaterializeResult:
     """The candidate bundle: item-tower embeddings and cached segments for every catalogue item, the
     trained models and the encoder, in one folder the service loads."""
+    model_settings.apply_threads()
     data = load_rec_data(warehouse.database)
     cache = SegmentCache.load(artifact("segment_cache.pt"))
     retriever_model, ranker_model = load_trained(data, cache)
@@ -59,6 +60,7 @@ def offline_evaluation(
 ) -> dg.MaterializeResult:
     """Test-split metrics of every model beside Pop / ItemKNN / SASRec trained on the same split, plus
     CTR AUC; writes the model card and evaluation.json into the candidate bundle."""
+    model_settings.apply_threads()
     profile = model_settings.resolved()
     start = time.perf_counter()
     data = load_rec_data(warehouse.database)

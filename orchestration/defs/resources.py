@@ -51,6 +51,14 @@ class ModelSettings(dg.ConfigurableResource):
     encoder: str | None = None  # any HF checkpoint folder or hub id instead of the profile's encoder
     budget_s: float | None = None  # per-model wall-clock budget instead of the profile's
     seed: int = 0
+    # CPU threads for torch. One is the safe default: with any other process busy (the Dagster daemon,
+    # a second run), two threads on two cores ran ~10x slower than one here.
+    torch_threads: int = 1
+
+    def apply_threads(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.torch_threads)
 
     def resolved(self):
         overrides = {"budget_s": self.budget_s} if self.budget_s is not None else {}
@@ -75,6 +83,9 @@ def resources() -> dg.Definitions:
                 project_dir=str(settings.DBT_PROJECT_DIR), dbt_executable=settings.dbt_executable()
             ),
             "quality": QualityThresholds(),
-            "model_settings": ModelSettings(profile=os.environ.get("M6REC_PROFILE", "default")),
+            "model_settings": ModelSettings(
+                profile=os.environ.get("M6REC_PROFILE", "default"),
+                torch_threads=int(os.environ.get("M6REC_TORCH_THREADS", "1")),
+            ),
         },
     )

@@ -47,6 +47,7 @@ def segment_cache(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
 ) -> dg.MaterializeResult:
     """Every item and profile text through the frozen encoder once (pooled states), for all models."""
+    model_settings.apply_threads()
     start = time.perf_counter()
     data = load_rec_data(warehouse.database)
     encoder = model_settings.load_encoder()
@@ -65,6 +66,7 @@ def segment_cache(
 
 
 def _train_config(name: str, model_settings: ModelSettings, steps: int, metric: str) -> TrainConfig:
+    model_settings.apply_threads()
     profile = model_settings.resolved()
     return TrainConfig(
         output_dir=str(artifact(name, "run")),
@@ -85,6 +87,7 @@ def retriever(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
 ) -> dg.MaterializeResult:
     """Two-tower retriever, trained on next-item prediction, early-stopped on valid NDCG@10."""
+    model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
     cache = SegmentCache.load(artifact("segment_cache.pt"))
@@ -116,6 +119,7 @@ def ranker(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
 ) -> dg.MaterializeResult:
     """Late-interaction CTR ranker over cached segments (TALLRec labels), early-stopped on valid AUC."""
+    model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples")
