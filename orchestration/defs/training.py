@@ -66,7 +66,6 @@ def segment_cache(
 
 
 def _train_config(name: str, model_settings: ModelSettings, steps: int, metric: str) -> TrainConfig:
-    model_settings.apply_threads()
     profile = model_settings.resolved()
     return TrainConfig(
         output_dir=str(artifact(name, "run")),
