@@ -29,11 +29,11 @@ from m6rec.data import RecData
 from m6rec.metrics import ctr_metrics
 from m6rec.retrieval import (
     N_GAP_BUCKETS,
-    N_POP_BUCKETS,
-    N_RATING_IDS,
+    CachedSegmentModel,
     SegmentCache,
     popularity_buckets,
     rating_ids,
+    segment_transformer,
 )
 from m6rec.trainer import TrainConfig, Trainer, TrainResult
 
@@ -163,7 +163,7 @@ class RankerConfig:
     use_item_stats: bool = True
 
 
-class SegmentRanker(nn.Module):
+class SegmentRanker(CachedSegmentModel):
     """Profile + history + candidate segments (cached pooled states) -> small transformer -> logit.
     History segments carry the rating given and how long before the candidate it happened."""
 
@@ -175,29 +175,14 @@ class SegmentRanker(nn.Module):
         item_mean_rating: torch.Tensor,
         has_id: torch.Tensor,
     ) -> None:
-        super().__init__()
+        super().__init__(config.dim, cache, pop_buckets, has_id)
         self.config = config
-        n_items, text_dim = cache.item_states.shape
         d = config.dim
-        self.register_buffer("item_states", cache.item_states.float().clone())
-        self.register_buffer("profile_states", cache.profile_states.float().clone())
-        self.register_buffer("pop_buckets", pop_buckets.long().clone())
         self.register_buffer("item_mean_rating", item_mean_rating.float().clone())
-        self.register_buffer("has_id", has_id.bool().clone())
-        self.item_proj = nn.Linear(text_dim, d)
-        self.profile_proj = nn.Linear(text_dim, d)
-        self.id_emb = nn.Embedding(n_items, d)
-        nn.init.normal_(self.id_emb.weight, std=0.02)
-        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, d)
         self.stat_proj = nn.Linear(2, d)
-        self.rating_emb = nn.Embedding(N_RATING_IDS, d)
-        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, d)
         self.type_emb = nn.Embedding(3, d)
         self.pos_emb = nn.Embedding(64, d)
-        layer = nn.TransformerEncoderLayer(
-            d, config.heads, 4 * d, config.dropout, batch_first=True, norm_first=True, activation="gelu"
-        )
-        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.encoder = segment_transformer(d, config.heads, config.layers, config.dropout)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
 

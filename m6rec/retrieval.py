@@ -126,32 +126,46 @@ class RetrieverConfig:
     full_softmax_max_items: int = 200_000
 
 
-class SequentialRetriever(nn.Module):
+class CachedSegmentModel(nn.Module):
+    """What the retriever and the ranker share: the cached segment states (buffers, saved with the
+    weights) and the embeddings that turn an item or profile state into a model-width segment."""
+
+    def __init__(
+        self, dim: int, cache: SegmentCache, pop_buckets: torch.Tensor, has_id: torch.Tensor
+    ) -> None:
+        super().__init__()
+        n_items, text_dim = cache.item_states.shape
+        self.register_buffer("item_states", cache.item_states.float().clone())
+        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        self.register_buffer("pop_buckets", pop_buckets.long().clone())
+        self.register_buffer("has_id", has_id.bool().clone())
+        self.item_proj = nn.Linear(text_dim, dim)
+        self.profile_proj = nn.Linear(text_dim, dim)
+        self.id_emb = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, dim)
+        self.rating_emb = nn.Embedding(N_RATING_IDS, dim)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, dim)
+
+
+def segment_transformer(dim: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class SequentialRetriever(CachedSegmentModel):
     """User tower over cached segments; item tower = text projection (+ ID) (+ popularity)."""
 
     def __init__(
         self, config: RetrieverConfig, cache: SegmentCache, pop_buckets: torch.Tensor, has_id: torch.Tensor
     ) -> None:
-        super().__init__()
+        super().__init__(config.dim, cache, pop_buckets, has_id)
         self.config = config
-        n_items, text_dim = cache.item_states.shape
         d = config.dim
-        self.register_buffer("item_states", cache.item_states.float().clone())
-        self.register_buffer("profile_states", cache.profile_states.float().clone())
-        self.register_buffer("pop_buckets", pop_buckets.long().clone())
-        self.register_buffer("has_id", has_id.bool().clone())
-        self.item_proj = nn.Linear(text_dim, d)
-        self.profile_proj = nn.Linear(text_dim, d)
-        self.id_emb = nn.Embedding(n_items, d)
-        nn.init.normal_(self.id_emb.weight, std=0.02)
-        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, d)
-        self.rating_emb = nn.Embedding(N_RATING_IDS, d)
-        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, d)
         self.pos_emb = nn.Embedding(config.max_len + 1, d)
-        layer = nn.TransformerEncoderLayer(
-            d, config.heads, 4 * d, config.dropout, batch_first=True, norm_first=True, activation="gelu"
-        )
-        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.encoder = segment_transformer(d, config.heads, config.layers, config.dropout)
         self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(config.dropout)
 
