@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from m6rec.sources import detect_format, read_source
+from m6rec.sources import ML100K_GENRES, detect_format, read_source
 from m6rec.tabular import DataFormatError
 from tests.conftest import INTERACTIONS, ITEMS
 
@@ -36,27 +36,7 @@ def _write_original(folder: Path, ml100k_dir: Path, n_ratings: int = 500) -> Non
     ratings[["user_id", "item_id", "rating", "ts"]].astype({"rating": int}).to_csv(
         folder / "u.data", sep="\t", header=False, index=False
     )
-    genre_names = [
-        "unknown",
-        "Action",
-        "Adventure",
-        "Animation",
-        "Children's",
-        "Comedy",
-        "Crime",
-        "Documentary",
-        "Drama",
-        "Fantasy",
-        "Film-Noir",
-        "Horror",
-        "Musical",
-        "Mystery",
-        "Romance",
-        "Sci-Fi",
-        "Thriller",
-        "War",
-        "Western",
-    ]
+    genre_names = ML100K_GENRES
     lines = []
     for item in rec.items.itertuples():
         title = "Café Society" if item.item_id == "2" else item.title
