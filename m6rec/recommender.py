@@ -104,6 +104,7 @@ def save_bundle(
         "n_items": int(len(data.items)),
         "explainer": explainer_dir is not None,
         "metrics": metrics or {},
+        "versions": {p: _version(p) for p in ("m6rec", "torch", "transformers")},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
     old = path.with_name(path.name + ".old")
@@ -112,6 +113,15 @@ def save_bundle(
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class UnknownItemError(KeyError):

@@ -12,12 +12,25 @@ from m6rec.data import load_rec_data
 from m6rec.recommender import save_bundle
 from m6rec.retrieval import SegmentCache
 from orchestration.defs.resources import ModelSettings, WarehouseResource
-from orchestration.defs.training import TEXT_STYLE, artifact, load_trained, ranker, retriever, segment_cache
+from orchestration.defs.training import (
+    TEXT_STYLE,
+    artifact,
+    explainer,
+    load_trained,
+    ranker,
+    retriever,
+    segment_cache,
+)
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 
 
-@dg.asset(group_name="evaluation", deps=[retriever, ranker, segment_cache], pool="duckdb", kinds={"pytorch"})
+@dg.asset(
+    group_name="evaluation",
+    deps=[retriever, ranker, explainer, segment_cache],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
 def item_index(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
 ) -> dg.MaterializeResult:
@@ -36,6 +49,7 @@ def item_index(
         ranker=ranker_model,
         style=TEXT_STYLE,
         metrics={"profile": model_settings.resolved().name},
+        explainer_dir=artifact("explainer") if artifact("explainer").is_dir() else None,
     )
     vectors = retriever_model.item_vectors().detach().numpy()
     np.save(path / "item_index.npy", vectors)

@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 from dagster_dbt import DbtCliResource
 
-from m6rec.backbones import load_encoder, tiny_encoder
+from m6rec.backbones import load_causal_lm, load_encoder, tiny_causal_lm, tiny_encoder
 from m6rec.profiles import get_profile
 from m6rec.warehouse import connect
 from orchestration import settings
@@ -54,6 +54,9 @@ class ModelSettings(dg.ConfigurableResource):
     # CPU threads for torch. One is the safe default: with any other process busy (the Dagster daemon,
     # a second run), two threads on two cores ran ~10x slower than one here.
     torch_threads: int = 1
+    # The causal LM bundled for explanations: "auto" (tiny for smoke, SmolLM2 otherwise), "none", or
+    # any HF checkpoint folder / hub id / GGUF.
+    explainer: str = "auto"
 
     def apply_threads(self) -> None:
         import torch
@@ -65,6 +68,17 @@ class ModelSettings(dg.ConfigurableResource):
         if self.encoder:
             overrides["encoder"] = self.encoder
         return get_profile(self.profile, **overrides)
+
+    def load_explainer(self):
+        """The explainer LM, or None when switched off."""
+        if self.explainer == "none":
+            return None
+        name = self.explainer
+        if name == "auto":
+            name = "tiny" if self.resolved().encoder == "tiny" else "smollm2"
+        if name == "tiny":
+            return tiny_causal_lm(seed=self.seed, cache_dir=settings.cache_dir())
+        return load_causal_lm(name, settings.cache_dir())
 
     def load_encoder(self):
         name = self.resolved().encoder
