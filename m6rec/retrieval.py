@@ -123,7 +123,9 @@ class RetrieverConfig:
     id_dropout: float = 0.2  # share of ID rows zeroed per step, so text alone stays a good item vector
     use_popularity: bool = True
     use_profile: bool = True
-    full_softmax_max_items: int = 200_000
+    full_softmax_max_items: int = 200_000  # larger catalogues (or 0) train on in-batch negatives
+    hard_negatives: int = 0  # in-batch mode: add each query's top-N items from a random pool of items
+    negative_pool: int = 4096
 
 
 class CachedSegmentModel(nn.Module):
@@ -219,7 +221,7 @@ class SequentialRetriever(CachedSegmentModel):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Softmax over the catalogue (or the batch's targets) for every next-item position."""
         item_vecs_raw = self.item_vectors(normalize=False)
-        item_vecs = F.normalize(item_vecs_raw, dim=-1)
+        item_vecs = F.normalize(item_vecs_raw, dim=-1) if self.config.cosine else item_vecs_raw
         states = self.user_states(
             batch["users"], batch["items"], batch["ratings"], batch["gaps"], batch["lengths"], item_vecs_raw
         )[:, :-1]  # position t predicts item t
@@ -228,9 +230,15 @@ class SequentialRetriever(CachedSegmentModel):
         if self.n_items <= self.config.full_softmax_max_items:
             logits = queries @ item_vecs.T / self._temperature
             return F.cross_entropy(logits, targets)
-        classes, inverse = torch.unique(targets, return_inverse=True)  # in-batch negatives
+        classes = torch.unique(targets)  # in-batch negatives: every query's target is a class
+        if self.config.hard_negatives:
+            # plus, per query, the highest-scoring items of a random pool (mined without gradient)
+            with torch.no_grad():
+                pool = torch.randperm(self.n_items, device=queries.device)[: self.config.negative_pool]
+                top = (queries @ item_vecs[pool].T).topk(min(self.config.hard_negatives, len(pool)), dim=1)
+                classes = torch.unique(torch.cat([classes, pool[top.indices].flatten()]))
         logits = queries @ item_vecs[classes].T / self._temperature
-        return F.cross_entropy(logits, inverse)
+        return F.cross_entropy(logits, torch.searchsorted(classes, targets))
 
     @torch.no_grad()
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

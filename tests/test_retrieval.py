@@ -105,3 +105,16 @@ def test_zero_shot_report_ranks_cold_items_among_cold_items() -> None:
     assert report["n_cold_items"] == 4 and report["n_cold_events"] == cold_events.sum()
     assert report["hr@2_random"] == 0.5 and 0.0 <= report["hr@1"] <= report["hr@2"] <= 1.0
     assert 0.0 <= report["hr@1_untrained_text_similarity"] <= 1.0
+
+
+def test_in_batch_negatives_and_hard_negatives() -> None:
+    data, _, full = _setup(dropout=0.0, id_dropout=0.0)
+    batch = collate(training_windows(data, 8)[:4])
+    _, _, in_batch = _setup(dropout=0.0, id_dropout=0.0, full_softmax_max_items=0)
+    _, _, hard = _setup(dropout=0.0, id_dropout=0.0, full_softmax_max_items=0, hard_negatives=5)
+    torch.manual_seed(0)
+    loss_full, loss_batch, loss_hard = full.loss(batch), in_batch.loss(batch), hard.loss(batch)
+    # Same weights (same seed): more negative classes can only raise the cross-entropy.
+    assert loss_batch <= loss_hard + 1e-6 <= loss_full + 2e-6
+    loss_hard.backward()
+    assert hard.item_proj.weight.grad is not None
