@@ -1,0 +1,145 @@
+"""Serving benchmark: latency percentiles and throughput of `recommend` and `rank` over localhost at
+concurrency 1, 8 and 32, with a bounded number of requests, plus one bounded soak (default 5,000
+requests at concurrency 32) that counts errors.
+
+It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `make run` built) with
+`bentoml serve` on a free localhost port, and stops it at the end.
+
+Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads 1]
+Writes bench/results/serving_load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def payloads(items: list[str], kind: str, n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        history = [{"item_id": i, "rating": rng.randint(1, 5)} for i in rng.sample(items, 20)]
+        if kind == "recommend":
+            out.append({"history": history, "k": 10})
+        else:
+            out.append({"history": history, "candidates": rng.sample(items, 100)})
+    return out
+
+
+def run(url: str, bodies: list[dict], concurrency: int) -> dict:
+    def call(body: dict) -> tuple[float, int]:
+        start = time.perf_counter()
+        try:
+            status = client.post(url, json=body, timeout=60).status_code
+        except httpx.HTTPError:
+            status = -1
+        return time.perf_counter() - start, status
+
+    with (
+        httpx.Client(limits=httpx.Limits(max_connections=concurrency)) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
+        start = time.perf_counter()
+        results = list(pool.map(call, bodies))
+        wall = time.perf_counter() - start
+    latencies = np.array([r[0] for r in results]) * 1000
+    errors = sum(1 for r in results if r[1] != 200)
+    return {
+        "requests": len(bodies),
+        "concurrency": concurrency,
+        "errors": errors,
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "throughput_rps": round(len(bodies) / wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--soak", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the service")
+    args = parser.parse_args()
+    home = Path(os.environ.get("BENTOML_HOME", REPO / "data" / "bentoml"))
+    items = pd.read_parquet(REPO / "data" / "artifacts" / "champion" / "items.parquet")["item_id"].tolist()
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "M6REC_TORCH_THREADS": str(args.threads),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "m6rec:latest",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    report = {
+        "command": "python bench/serving_load.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count()},
+        "service_torch_threads": args.threads,
+        "runs": [],
+    }
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise RuntimeError("the Bento did not become ready in 180 s")
+        for kind in ("recommend", "rank"):
+            run(f"{base}/{kind}", payloads(items, kind, 10, seed=1), 1)  # warm-up
+            for concurrency in (1, 8, 32):
+                row = run(f"{base}/{kind}", payloads(items, kind, args.requests), concurrency)
+                report["runs"].append({"endpoint": kind, **row})
+                print(kind, row, flush=True)
+        soak = run(f"{base}/recommend", payloads(items, "recommend", args.soak, seed=2), 32)
+        report["soak"] = {"endpoint": "recommend", **soak}
+        print("soak", soak, flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    out = REPO / "bench" / "results" / "serving_load.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
