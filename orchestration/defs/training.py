@@ -31,10 +31,10 @@ def artifact(*parts: str) -> Path:
 
 
 def param_count(model: torch.nn.Module) -> dict[str, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "trainable_parameters": trainable,
-        "total_parameters": trainable + sum(b.numel() for b in model.buffers()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "cached_state_values": sum(b.numel() for b in model.buffers()),  # segment cache, not trained
     }
 
 
