@@ -64,6 +64,13 @@ def item_index(
     )
 
 
+def _write(path, text: str) -> None:
+    """Write beside, then rename: a killed run never leaves a half-written file in the bundle."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _image(b64: str, title: str) -> str:
     return f"![{title}](data:image/png;base64,{b64})"
 
@@ -94,9 +101,9 @@ def offline_evaluation(
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["profile"] = profile.name
     manifest["metrics"] = report.to_dict()
-    (bundle / "evaluation.json").write_text(json.dumps(report.to_dict(), indent=2, default=float))
-    (bundle / "model_card.md").write_text(evaluation.model_card(report, manifest))
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    _write(bundle / "evaluation.json", json.dumps(report.to_dict(), indent=2, default=float))
+    _write(bundle / "model_card.md", evaluation.model_card(report, manifest))
+    _write(bundle / "manifest.json", json.dumps(manifest, indent=2, default=float))
     images = evaluation.plots(report)
     ours = report.retrieval["m6rec retriever"]
     return dg.MaterializeResult(
