@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--ks", default="1,2,3,6")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "late_interaction.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_rec_data(args.db)
@@ -146,7 +147,7 @@ def main() -> None:
             row["speedup_vs_cross_encoder"] = round(full["rank_100_ms_median"] / row["rank_100_ms_median"], 2)
             row["auc_minus_cross_encoder"] = round(row["test_auc"] - full["test_auc"], 4)
     report["n_train"], report["n_test"] = len(train), len(test)
-    out = REPO / "bench" / "results" / "late_interaction.json"
+    out = Path(args.out)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
