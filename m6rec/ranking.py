@@ -240,6 +240,12 @@ def new_ranker(config: RankerConfig, data: RecData, cache: SegmentCache) -> Segm
 # --- CTR examples -------------------------------------------------------------------------------------
 
 
+def gaps_before(history_ts: np.ndarray, target_ts: int) -> np.ndarray:
+    """Log2 buckets of how many hours before the candidate each history event happened."""
+    hours = (target_ts - np.asarray(history_ts, dtype=np.int64)).clip(min=0) / 3600.0
+    return np.minimum(np.floor(np.log2(hours + 1.0)), N_GAP_BUCKETS - 1).astype(np.int64)
+
+
 def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor]:
     """marts.ctr_examples rows -> padded tensors (history left-aligned, -1 = padding)."""
     item_index, user_index = (
@@ -255,8 +261,7 @@ def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor
         k = len(row.history_item_ids)
         hist[i, :k] = [item_index[x] for x in row.history_item_ids]
         ratings[i, :k] = rating_ids(np.asarray(row.history_ratings, dtype=float))
-        hours = (row.target_ts - np.asarray(row.history_ts, dtype=np.int64)).clip(min=0) / 3600.0
-        gaps[i, :k] = np.minimum(np.floor(np.log2(hours + 1.0)), N_GAP_BUCKETS - 1)
+        gaps[i, :k] = gaps_before(np.asarray(row.history_ts, dtype=np.int64), row.target_ts)
     cand = examples["target_item_id"].map(item_index).to_numpy(dtype=np.int64)
     return {
         "users": torch.tensor(examples["user_id"].map(user_index).to_numpy(dtype=np.int64)),

@@ -25,9 +25,8 @@ import torch
 
 from m6rec.backbones import Encoder, load_encoder, pick_device
 from m6rec.data import RecData
-from m6rec.ranking import RankerConfig, SegmentRanker, new_ranker
+from m6rec.ranking import RankerConfig, SegmentRanker, gaps_before, new_ranker
 from m6rec.retrieval import (
-    N_GAP_BUCKETS,
     RetrieverConfig,
     SegmentCache,
     SequentialRetriever,
@@ -37,7 +36,7 @@ from m6rec.retrieval import (
     new_retriever,
     rating_ids,
 )
-from m6rec.textify import Event, ItemText, Profile, TextStyle, behaviour_segments, profile_text
+from m6rec.textify import Event, Profile, TextStyle, behaviour_segments, profile_text
 
 BUNDLE_FORMAT = 1
 ITEM_COLUMNS = [
@@ -153,15 +152,7 @@ class Recommender:
         self.encoder = load_encoder(self.path / "encoder", device=self.device)
         with torch.no_grad():
             self.item_vectors = self.retriever.item_vectors()  # [n_items, d], unit norm
-        self.texts = [
-            ItemText(
-                title=r.title,
-                release_year=None if pd.isna(r.release_year) else int(r.release_year),
-                genres=tuple(r.genres),
-                popularity_percentile=100 - float(r.popularity_percentile),
-            )
-            for r in self.items.itertuples(index=False)
-        ]
+        self.texts = shim.item_texts()  # the same ItemText rows training rendered
 
     # --- helpers ------------------------------------------------------------------------------------
     def _indices(self, ids: list[str]) -> np.ndarray:
@@ -230,10 +221,7 @@ class Recommender:
         )
         gaps = torch.zeros((n, width), dtype=torch.long)
         if recent and now_ts is not None and all(e.ts is not None for e in recent):
-            hours = (now_ts - np.asarray([e.ts for e in recent])).clip(min=0) / 3600.0
-            gaps[:, : len(hist)] = torch.as_tensor(
-                np.minimum(np.floor(np.log2(hours + 1)), N_GAP_BUCKETS - 1)
-            )
+            gaps[:, : len(hist)] = torch.as_tensor(gaps_before(np.asarray([e.ts for e in recent]), now_ts))
         batch = {
             "users": torch.zeros(n, dtype=torch.long),
             "hist_items": hist_items,
