@@ -29,8 +29,10 @@ from m6rec.metrics import (
     ranking_metrics,
     topk,
 )
-from m6rec.ranking import SegmentRanker, ctr_tensors, predict_ctr
+from m6rec.ranking import LateInteractionScorer, SegmentRanker, ctr_tensors, predict_ctr
 from m6rec.retrieval import SequentialRetriever, evaluate_retrieval, query_windows, score_windows
+from m6rec.textify import TextStyle
+from m6rec.token_ranking import TokenRankerConfig, example_segments, predict_token_ctr
 
 KS = (10, 20, 50)
 TABLE_COLUMNS = [
@@ -112,8 +114,11 @@ def evaluate(
     *,
     baselines: tuple[str, ...] = ("pop", "itemknn", "sasrec"),
     sasrec_budget_s: float | None = 180,
+    token_ranker: tuple[LateInteractionScorer, TokenRankerConfig] | None = None,
+    style: TextStyle | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> EvaluationReport:
+    """``token_ranker`` (with the ``style`` it was trained on) adds its CTR row and valid AUC."""
     report = EvaluationReport()
     features = genre_features(data)
     start = time.perf_counter()
@@ -171,6 +176,20 @@ def evaluate(
             **ctr_metrics(labels, np.clip(baseline, 1e-3, 1 - 1e-3)),
             "n": len(labels),
         }
+    if token_ranker is not None:
+        scorer, config = token_ranker
+        for split in ("valid", "test"):
+            frame = ctr_examples[ctr_examples["split"] == split]
+            segments = example_segments(frame, data, style or TextStyle(), config.history)
+            probs = predict_token_ctr(scorer, segments, config.max_length)
+            metrics = ctr_metrics(frame["label"].to_numpy(), probs)
+            if split == "valid":
+                report.validation["token_ranker_valid_auc"] = metrics["auc"]
+            else:
+                report.ctr[f"m6rec token ranker (late interaction, k={config.top_k})"] = {
+                    **metrics,
+                    "n": len(frame),
+                }
     return report
 
 

@@ -3,7 +3,10 @@
 - ``smoke``: tiny random-weight encoder, a few dozen steps (tests, CI).
 - ``default``: the packaged MiniLM run once per segment and cached; the towers, ranker heads and
   adapters train over the cached states, each inside a wall-clock budget (the CPU demo).
-- ``full``: the same models, wider, trained to convergence without a time budget (meant for a GPU).
+- ``full``: the same models, wider, trained to convergence without a time budget, plus the token-level
+  ranker: the encoder itself fine-tuned as a late-interaction scorer over the behaviour text (a GPU job).
+
+``smoke`` trains a tiny token-level ranker too, so tests cover that path end to end.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from m6rec.ranking import RankerConfig
 from m6rec.retrieval import RetrieverConfig
+from m6rec.token_ranking import TokenRankerConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Profile:
     ranker_batch_size: int = 256
     sasrec_budget_s: float | None = None
     baselines: tuple[str, ...] = ("pop", "itemknn", "sasrec")
+    token_ranker: TokenRankerConfig | None = None  # None: no token-level fine-tuning (CPU profiles)
     extra: dict = field(default_factory=dict)
 
 
@@ -45,6 +50,9 @@ PROFILES = {
         budget_s=60,
         sasrec_budget_s=10,
         baselines=("pop", "itemknn"),
+        token_ranker=TokenRankerConfig(
+            top_k=1, history=5, max_length=32, lr=1e-3, batch_size=8, max_steps=20, max_train_examples=400
+        ),
     ),
     "default": Profile(
         name="default",
@@ -70,6 +78,7 @@ PROFILES = {
         budget_s=None,
         batch_size=128,
         ranker_batch_size=1024,
+        token_ranker=TokenRankerConfig(top_k=1, history=10, max_length=64, lr=5e-5, batch_size=32),
     ),
 }
 

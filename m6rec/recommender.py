@@ -8,10 +8,14 @@ Bundle layout (one folder, written atomically by :func:`save_bundle`):
   ranker.pt         SegmentRanker weights
   encoder/          the text encoder (HF folder), for free-text queries and new users' profiles
   explainer/        optional: a causal LM checkpoint for "... because" explanations
+  token_ranker/     optional (``full`` profile): the token-level late-interaction ranker, with the
+                    cached lower-layer states of every item's question segment; ranks instead of
+                    ranker.pt when present
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -36,9 +40,11 @@ from m6rec.retrieval import (
     new_retriever,
     rating_ids,
 )
-from m6rec.textify import Event, Profile, TextStyle, behaviour_segments, profile_text
+from m6rec.textify import Event, Profile, TextStyle, behaviour_segments, profile_text, pronoun
+from m6rec.token_ranking import CandidateStates, load_token_ranker, segment_types
 
 BUNDLE_FORMAT = 1
+PROFILE_CACHE_SIZE = 4096
 ITEM_COLUMNS = [
     "item_id",
     "item_idx",
@@ -80,8 +86,10 @@ def save_bundle(
     style: TextStyle,
     metrics: dict[str, Any] | None = None,
     explainer_dir: str | Path | None = None,
+    token_ranker_dir: str | Path | None = None,
 ) -> Path:
-    """Write every artefact into a temp folder beside ``path``, then swap it in."""
+    """Write every artefact into a temp folder beside ``path``, then swap it in. With a token-level
+    ranker, every item's question segment goes through its lower layers here, once."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp-{int(time.time() * 1000)}")
     tmp.mkdir(parents=True)
@@ -93,6 +101,12 @@ def save_bundle(
     encoder.tokenizer.save_pretrained(tmp / "encoder")
     if explainer_dir is not None:
         shutil.copytree(explainer_dir, tmp / "explainer")
+    token_config = None
+    if token_ranker_dir is not None:
+        shutil.copytree(token_ranker_dir, tmp / "token_ranker")
+        scorer, token_config = load_token_ranker(tmp / "token_ranker")
+        states = CandidateStates.build(scorer, data.item_texts(), style, token_config.max_length)
+        states.save(tmp / "token_ranker" / "candidates.pt")
     manifest = {
         "format": BUNDLE_FORMAT,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -100,6 +114,7 @@ def save_bundle(
         "style": asdict(style),
         "retriever": asdict(retriever.config),
         "ranker": asdict(ranker.config),
+        "token_ranker": asdict(token_config) if token_config else None,
         "n_items": int(len(data.items)),
         "explainer": explainer_dir is not None,
         "metrics": metrics or {},
@@ -153,6 +168,18 @@ class Recommender:
         with torch.no_grad():
             self.item_vectors = self.retriever.item_vectors()  # [n_items, d], unit norm
         self.texts = shim.item_texts()  # the same ItemText rows training rendered
+        # Profile texts take few distinct values (age, gender, occupation) and encoding one costs a
+        # full encoder pass (~9 ms of a ~25 ms request on one CPU thread), so they are memoised.
+        self._encode_profile = functools.lru_cache(maxsize=PROFILE_CACHE_SIZE)(self._encode_profile_uncached)
+        self.token_ranker, self.token_config, self.candidate_states = None, None, None
+        if (self.path / "token_ranker").is_dir():
+            self.token_ranker, self.token_config = load_token_ranker(self.path / "token_ranker", self.device)
+            self.candidate_states = CandidateStates.load(self.path / "token_ranker" / "candidates.pt")
+
+    @property
+    def ranker_kind(self) -> str:
+        """Which model :meth:`rank` uses: "token" (late interaction over tokens) or "segment" (pooled)."""
+        return "token" if self.token_ranker is not None else "segment"
 
     # --- helpers ------------------------------------------------------------------------------------
     def _indices(self, ids: list[str]) -> np.ndarray:
@@ -162,7 +189,10 @@ class Recommender:
         return np.asarray([self.index[i] for i in ids], dtype=np.int64)
 
     def _profile_state(self, profile: Profile | None) -> torch.Tensor:
-        return self.encoder.encode([profile_text(profile)], max_length=32).to(self.device)[0]
+        return self._encode_profile(profile_text(profile))
+
+    def _encode_profile_uncached(self, text: str) -> torch.Tensor:
+        return self.encoder.encode([text], max_length=32).to(self.device)[0]
 
     def _window_batch(self, history: list[HistoryEvent]) -> dict[str, torch.Tensor]:
         """The last ``max_len`` events as the user tower's window; features from the whole history (so
@@ -209,6 +239,8 @@ class Recommender:
     ) -> np.ndarray:
         """Like probability of each candidate (the CTR ranker over the last history events)."""
         cand = self._indices(candidates)
+        if self.token_ranker is not None:
+            return self._rank_tokens(history, cand, profile, now_ts)
         recent = history[-10:]
         hist = self._indices([e.item_id for e in recent])
         width = max(len(hist), 1)
@@ -232,6 +264,35 @@ class Recommender:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch["profile_states"] = self._profile_state(profile)[None].expand(n, -1)
         return torch.sigmoid(self.ranker(batch)).cpu().numpy()
+
+    def _rank_tokens(
+        self, history: list[HistoryEvent], cand: np.ndarray, profile: Profile | None, now_ts: int | None
+    ) -> np.ndarray:
+        """Token-level late interaction: the request's profile and history segments (built by the same
+        function as in training) through the lower layers once; the cached question segments of the
+        candidates; the top layers per candidate."""
+        assert self.token_ranker is not None and self.token_config is not None
+        assert self.candidate_states is not None
+        events = [
+            Event(item=self.texts[i], ts=e.ts, rating=e.rating)
+            for i, e in zip(self._indices([e.item_id for e in history]), history, strict=True)
+        ]
+        segments = behaviour_segments(
+            profile or Profile(),
+            events,
+            self.texts[int(cand[0])],
+            now_ts,
+            max_events=self.token_config.history,
+            style=self.style,
+        )[:-1]
+        states = self.candidate_states.get(pronoun(profile), cand.tolist(), self.device)
+        logits = self.token_ranker.rank_candidates(
+            segments,
+            segment_types(len(segments) + 1)[:-1],
+            states,
+            max_length=self.token_config.max_length,
+        )
+        return torch.sigmoid(logits.float()).cpu().numpy()
 
     def recommend(
         self,

@@ -253,8 +253,11 @@ def _gender_key(gender: Any) -> str:
     return "" if _missing(gender) else str(gender).strip().lower()
 
 
+PRONOUNS = ("he", "she", "they")
+
+
 def pronoun(profile: Profile | None) -> str:
-    """'he', 'she' or 'they'."""
+    """One of :data:`PRONOUNS`."""
     key = _gender_key(profile.gender) if profile is not None else ""
     return "he" if key in _HE else "she" if key in _SHE else "they"
 

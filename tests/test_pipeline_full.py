@@ -40,7 +40,14 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     assert result.success
     report = _meta(result, "offline_evaluation")
     table = report["report"]
-    for row in ("m6rec retriever", "Pop", "ItemKNN", "m6rec segment ranker", "item mean rating (baseline)"):
+    for row in (
+        "m6rec retriever",
+        "Pop",
+        "ItemKNN",
+        "m6rec segment ranker",
+        "m6rec token ranker (late interaction, k=1)",
+        "item mean rating (baseline)",
+    ):
         assert f"| {row} |" in table
     assert 0.0 <= report["test_ndcg@10"] <= 1.0 and 0.0 <= report["test_ctr_auc"] <= 1.0
     assert report["ndcg_at_k_plot"].startswith("![NDCG@K](data:image/png;base64,")
@@ -56,9 +63,14 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
         "retriever_valid_ndcg@10",
         "retriever_valid_hit@10",
         "ranker_valid_auc",
+        "token_ranker_valid_auc",
     }
     assert "m6rec model card" in (champion / "model_card.md").read_text()
     assert _meta(result, "promoted_model")["promoted"] is True
+    # smoke fine-tunes the (tiny) encoder at token level, as full does, and the bundle serves it.
+    token = _meta(result, "token_ranker")
+    assert token["top_layers"] == 1 and token["steps"] > 0 and token["trainable_parameters"] > 0
+    assert _meta(result, "item_index")["serving_ranker"] == "token"
 
 
 def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
@@ -73,6 +85,8 @@ def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
         "evaluation.json",
         "retriever.pt",
         "segments.pt",
+        "token_ranker/candidates.pt",
+        "token_ranker/encoder/model.safetensors",
     ):
         assert part in contents, (part, contents)
 

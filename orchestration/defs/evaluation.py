@@ -8,9 +8,11 @@ import dagster as dg
 import numpy as np
 
 from m6rec import evaluation
+from m6rec.backbones import pick_device
 from m6rec.data import load_rec_data
 from m6rec.recommender import save_bundle
 from m6rec.retrieval import SegmentCache
+from m6rec.token_ranking import load_token_ranker
 from orchestration.defs.resources import ModelSettings, WarehouseResource
 from orchestration.defs.training import (
     TEXT_STYLE,
@@ -20,6 +22,7 @@ from orchestration.defs.training import (
     ranker,
     retriever,
     segment_cache,
+    token_ranker,
 )
 
 CANDIDATE, CHAMPION = "candidate", "champion"
@@ -27,7 +30,7 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 
 @dg.asset(
     group_name="evaluation",
-    deps=[retriever, ranker, explainer, segment_cache],
+    deps=[retriever, ranker, token_ranker, explainer, segment_cache],
     pool="duckdb",
     kinds={"pytorch"},
 )
@@ -50,6 +53,7 @@ def item_index(
         style=TEXT_STYLE,
         metrics={"profile": model_settings.resolved().name},
         explainer_dir=artifact("explainer") if artifact("explainer").is_dir() else None,
+        token_ranker_dir=artifact("token_ranker") if artifact("token_ranker").is_dir() else None,
     )
     vectors = retriever_model.item_vectors().detach().numpy()
     np.save(path / "item_index.npy", vectors)
@@ -60,6 +64,7 @@ def item_index(
             "items": vectors.shape[0],
             "dim": vectors.shape[1],
             "bundle_mb": round(size / 2**20, 1),
+            "serving_ranker": "token" if (path / "token_ranker").is_dir() else "segment",
         }
     )
 
@@ -88,6 +93,7 @@ def offline_evaluation(
     cache = SegmentCache.load(artifact("segment_cache.pt"))
     retriever_model, ranker_model = load_trained(data, cache)
     examples = warehouse.read("select * from marts.ctr_examples")
+    token = artifact("token_ranker")
     report = evaluation.evaluate(
         data,
         retriever_model,
@@ -95,6 +101,8 @@ def offline_evaluation(
         examples,
         baselines=profile.baselines,
         sasrec_budget_s=profile.sasrec_budget_s,
+        token_ranker=load_token_ranker(token, pick_device()) if token.is_dir() else None,
+        style=TEXT_STYLE,
         log=context.log.info,
     )
     bundle = artifact(CANDIDATE)
@@ -113,6 +121,11 @@ def offline_evaluation(
             "popularity_plot": dg.MetadataValue.md(_image(images["recommended_popularity"], "popularity")),
             **{f"test_{k}": float(ours[k]) for k in ("ndcg@10", "hit@10", "mrr@10", "coverage@10")},
             "test_ctr_auc": float(report.ctr["m6rec segment ranker"]["auc"]),
+            **{
+                f"test_ctr_auc ({name})": float(row["auc"])
+                for name, row in report.ctr.items()
+                if name.startswith("m6rec token ranker")
+            },
             **{k: float(v) for k, v in report.validation.items()},
             "seconds": round(time.perf_counter() - start, 1),
         }

@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -132,6 +133,60 @@ def ranker(
     artifact("ranker", "config.json").write_text(json.dumps(profile.ranker.__dict__))
     return dg.MaterializeResult(
         metadata={**result_metadata(result, cfg), **param_count(model), "profile": profile.name}
+    )
+
+
+@dg.asset(
+    group_name="training",
+    deps=[MARTS["ctr_examples"], MARTS["item_catalogue"]],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
+def token_ranker(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+) -> dg.MaterializeResult:
+    """Token-level fine-tuning (profiles ``full`` and ``smoke``): the encoder itself, trained as a
+    late-interaction CTR scorer over the behaviour text's segments, early-stopped on valid AUC. The CPU
+    ``default`` profile leaves it out (the pooled ``ranker`` serves instead)."""
+    from m6rec.token_ranking import save_token_ranker, train_token_ranker
+
+    model_settings.apply_threads()
+    profile = model_settings.resolved()
+    out = artifact("token_ranker")
+    if profile.token_ranker is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return dg.MaterializeResult(
+            metadata={"token_ranker": f"off in profile {profile.name!r} (the pooled ranker serves)"}
+        )
+    config = profile.token_ranker
+    data = load_rec_data(warehouse.database)
+    examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
+    cfg = replace(
+        _train_config("token_ranker", model_settings, config.max_steps, "auc"),
+        lr=config.lr,
+        warmup_steps=min(500, config.max_steps // 10),
+        weight_decay=0.01,
+    )
+    encoder = model_settings.load_encoder()
+    scorer, result = train_token_ranker(
+        data, encoder, examples, config, cfg, TEXT_STYLE, log=context.log.info
+    )
+    save_token_ranker(scorer, config, out)
+    n_train = int((examples["split"] == "train").sum())
+    return dg.MaterializeResult(
+        metadata={
+            **result_metadata(result, cfg),
+            **param_count(scorer),
+            "profile": profile.name,
+            "encoder": encoder.name,
+            "top_layers": config.top_k,
+            "lower_layers": scorer.split,
+            "train_examples": min(n_train, config.max_train_examples or n_train),
+            "examples_per_second_incl_eval": round(
+                result.steps * config.batch_size / max(result.seconds, 1e-9), 1
+            ),
+            "path": str(out),
+        }
     )
 
 
