@@ -19,6 +19,7 @@ import functools
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from m6rec.token_ranking import CandidateStates, load_token_ranker, segment_type
 
 BUNDLE_FORMAT = 1
 PROFILE_CACHE_SIZE = 4096
+RANK_HISTORY = 10  # events the CTR ranker reads: marts.ctr_examples keeps the last 10, padded to 10
 ITEM_COLUMNS = [
     "item_id",
     "item_idx",
@@ -65,6 +67,24 @@ class HistoryEvent:
     item_id: str
     rating: float | None = None
     ts: int | None = None
+
+
+@dataclass
+class RecommendQuery:
+    history: list[HistoryEvent]
+    k: int = 10
+    profile: Profile | None = None
+    query: str | None = None
+    rerank: int = 50  # retrieved items the ranker re-scores (history-only queries); 0 = retrieval only
+    exclude_seen: bool = True
+
+
+@dataclass
+class RankJob:
+    history: list[HistoryEvent]
+    candidates: Sequence[str]
+    profile: Profile | None = None
+    now_ts: int | None = None
 
 
 @dataclass
@@ -138,6 +158,10 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _rating_ids(history: Sequence[HistoryEvent]) -> np.ndarray:
+    return rating_ids(np.asarray([np.nan if e.rating is None else e.rating for e in history], dtype=float))
+
+
 class UnknownItemError(KeyError):
     """A request named item ids the catalogue does not have."""
 
@@ -168,6 +192,8 @@ class Recommender:
         with torch.no_grad():
             self.item_vectors = self.retriever.item_vectors()  # [n_items, d], unit norm
         self.texts = shim.item_texts()  # the same ItemText rows training rendered
+        self.item_ids = self.items["item_id"].astype(str).to_numpy()
+        self.titles = self.items["title"].astype(str).to_numpy()
         # Profile texts take few distinct values (age, gender, occupation) and encoding one costs a
         # full encoder pass (~9 ms of a ~25 ms request on one CPU thread), so they are memoised.
         self._encode_profile = functools.lru_cache(maxsize=PROFILE_CACHE_SIZE)(self._encode_profile_uncached)
@@ -194,42 +220,83 @@ class Recommender:
     def _encode_profile_uncached(self, text: str) -> torch.Tensor:
         return self.encoder.encode([text], max_length=32).to(self.device)[0]
 
-    def _window_batch(self, history: list[HistoryEvent]) -> dict[str, torch.Tensor]:
+    def _window(self, history: list[HistoryEvent]) -> Window:
         """The last ``max_len`` events as the user tower's window; features from the whole history (so
         the window's first time gap is measured from the event before it, as in training)."""
         items = self._indices([e.item_id for e in history])
-        ratings = rating_ids(
-            np.asarray([np.nan if e.rating is None else e.rating for e in history], dtype=float)
-        )
+        ratings = _rating_ids(history)
         if history and all(e.ts is not None for e in history):
             gaps = gap_buckets(np.asarray([e.ts for e in history], dtype=np.int64))
         else:
             gaps = np.zeros(len(history), dtype=np.int64)
         keep = slice(max(0, len(items) - self.retriever.config.max_len), len(items))
-        batch = collate([Window(0, items[keep], ratings[keep], gaps[keep])])
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def _user_vector(self, history: list[HistoryEvent], profile: Profile | None) -> torch.Tensor:
-        batch = self._window_batch(history)
-        batch["profile_states"] = self._profile_state(profile)[None]
-        return self.retriever.user_vectors(batch)[0]
+        return Window(0, items[keep], ratings[keep], gaps[keep])
 
     # --- API ----------------------------------------------------------------------------------------
     @torch.no_grad()
+    def retrieve_scores_batch(self, queries: Sequence[RecommendQuery]) -> np.ndarray:
+        """``[len(queries), n_items]`` cosine scores: the user tower over each history (all windows in
+        one forward pass) and/or the text encoder's similarity of each free-text query with the items."""
+        total = torch.zeros(len(queries), len(self.items), device=self.device)
+        tower = [i for i, q in enumerate(queries) if q.history or q.query is None]
+        if tower:
+            batch = {
+                k: v.to(self.device)
+                for k, v in collate([self._window(queries[i].history) for i in tower]).items()
+            }
+            batch["profile_states"] = torch.stack([self._profile_state(queries[i].profile) for i in tower])
+            total[tower] += self.retriever.user_vectors(batch) @ self.item_vectors.T
+        texts = [i for i, q in enumerate(queries) if q.query]
+        if texts:
+            encoded = self.encoder.encode([queries[i].query for i in texts], max_length=64).to(self.device)
+            total[texts] += encoded @ self.retriever.item_states.T
+        return total.cpu().numpy()
+
     def retrieve_scores(
         self, history: list[HistoryEvent], profile: Profile | None = None, query: str | None = None
     ) -> np.ndarray:
-        """Cosine scores over the catalogue from the history (user tower) and/or a free-text query
-        (the text encoder's similarity with each item's text)."""
-        total = torch.zeros(len(self.items), device=self.device)
-        if history or query is None:
-            total += self._user_vector(history, profile) @ self.item_vectors.T
-        if query:
-            q = self.encoder.encode([query], max_length=64).to(self.device)[0]
-            total += q @ self.retriever.item_states.T
-        return total.cpu().numpy()
+        """Scores over the catalogue for one user (see :meth:`retrieve_scores_batch`)."""
+        return self.retrieve_scores_batch([RecommendQuery(history, profile=profile, query=query)])[0]
 
     @torch.no_grad()
+    def rank_batch(self, jobs: Sequence[RankJob]) -> list[np.ndarray]:
+        """Like probability of each job's candidates. The pooled ranker scores every (user, candidate)
+        pair of every job in one forward pass; the token-level ranker goes job by job."""
+        if not jobs:
+            return []
+        cands = [self._indices(list(j.candidates)) for j in jobs]
+        if self.token_ranker is not None:
+            return [
+                self._rank_tokens(j.history, c, j.profile, j.now_ts) for j, c in zip(jobs, cands, strict=True)
+            ]
+        n = sum(len(c) for c in cands)
+        hist_items = torch.full((n, RANK_HISTORY), -1, dtype=torch.long)
+        ratings = torch.zeros((n, RANK_HISTORY), dtype=torch.long)
+        gaps = torch.zeros((n, RANK_HISTORY), dtype=torch.long)
+        profiles, row = [], 0
+        for job, cand in zip(jobs, cands, strict=True):
+            recent = job.history[-RANK_HISTORY:]
+            rows, width = slice(row, row + len(cand)), len(recent)
+            hist_items[rows, :width] = torch.as_tensor(self._indices([e.item_id for e in recent]))
+            ratings[rows, :width] = torch.as_tensor(_rating_ids(recent))
+            if recent and job.now_ts is not None and all(e.ts is not None for e in recent):
+                gaps[rows, :width] = torch.as_tensor(
+                    gaps_before(np.asarray([e.ts for e in recent]), job.now_ts)
+                )
+            profiles.append(self._profile_state(job.profile)[None].expand(len(cand), -1))
+            row += len(cand)
+        batch = {
+            "users": torch.zeros(n, dtype=torch.long),
+            "hist_items": hist_items,
+            "hist_ratings": ratings,
+            "hist_gaps": gaps,
+            "cand_items": torch.as_tensor(np.concatenate(cands) if cands else np.zeros(0, dtype=np.int64)),
+        }
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch["profile_states"] = torch.cat(profiles)
+        probs = torch.sigmoid(self.ranker(batch)).cpu().numpy()
+        return np.split(probs, np.cumsum([len(c) for c in cands])[:-1])
+
     def rank(
         self,
         history: list[HistoryEvent],
@@ -238,32 +305,7 @@ class Recommender:
         now_ts: int | None = None,
     ) -> np.ndarray:
         """Like probability of each candidate (the CTR ranker over the last history events)."""
-        cand = self._indices(candidates)
-        if self.token_ranker is not None:
-            return self._rank_tokens(history, cand, profile, now_ts)
-        recent = history[-10:]
-        hist = self._indices([e.item_id for e in recent])
-        width = max(len(hist), 1)
-        n = len(cand)
-        hist_items = torch.full((n, width), -1, dtype=torch.long)
-        hist_items[:, : len(hist)] = torch.as_tensor(hist)
-        ratings = torch.zeros((n, width), dtype=torch.long)
-        ratings[:, : len(hist)] = torch.as_tensor(
-            rating_ids(np.asarray([np.nan if e.rating is None else e.rating for e in recent], dtype=float))
-        )
-        gaps = torch.zeros((n, width), dtype=torch.long)
-        if recent and now_ts is not None and all(e.ts is not None for e in recent):
-            gaps[:, : len(hist)] = torch.as_tensor(gaps_before(np.asarray([e.ts for e in recent]), now_ts))
-        batch = {
-            "users": torch.zeros(n, dtype=torch.long),
-            "hist_items": hist_items,
-            "hist_ratings": ratings,
-            "hist_gaps": gaps,
-            "cand_items": torch.as_tensor(cand),
-        }
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        batch["profile_states"] = self._profile_state(profile)[None].expand(n, -1)
-        return torch.sigmoid(self.ranker(batch)).cpu().numpy()
+        return self.rank_batch([RankJob(history, candidates, profile, now_ts)])[0]
 
     def _rank_tokens(
         self, history: list[HistoryEvent], cand: np.ndarray, profile: Profile | None, now_ts: int | None
@@ -294,6 +336,35 @@ class Recommender:
         )
         return torch.sigmoid(logits.float()).cpu().numpy()
 
+    def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[list[Scored]]:
+        """Top-``k`` per query: retrieval over the whole catalogue, then the ranker re-scores the top
+        ``rerank`` of each history-only query. All queries share one retrieval and one ranking pass."""
+        scores = self.retrieve_scores_batch(queries)
+        pools, jobs, ranked = [], [], []
+        for q, row in zip(queries, scores, strict=True):
+            if q.exclude_seen and q.history:
+                row[self._indices([e.item_id for e in q.history])] = -np.inf
+            pool = np.argsort(-row, kind="stable")[: max(q.k, q.rerank)]
+            pools.append(pool[np.isfinite(row[pool])])
+            if q.rerank and q.history and not q.query and len(pools[-1]):
+                ranked.append(len(pools) - 1)
+                jobs.append(
+                    RankJob(q.history, self.item_ids[pools[-1]].tolist(), q.profile, q.history[-1].ts)
+                )
+        finals = [scores[i][pool] for i, pool in enumerate(pools)]
+        for i, probs in zip(ranked, self.rank_batch(jobs), strict=True):
+            finals[i] = probs
+        out = []
+        for q, pool, final in zip(queries, pools, finals, strict=True):
+            order = np.argsort(-final, kind="stable")[: q.k]
+            out.append(
+                [
+                    Scored(str(self.item_ids[pool[i]]), str(self.titles[pool[i]]), float(final[i]))
+                    for i in order
+                ]
+            )
+        return out
+
     def recommend(
         self,
         history: list[HistoryEvent],
@@ -304,27 +375,8 @@ class Recommender:
         rerank: int = 50,
         exclude_seen: bool = True,
     ) -> list[Scored]:
-        """Top-``k``: retrieval over the whole catalogue, then the ranker re-scores the top ``rerank``."""
-        scores = self.retrieve_scores(history, profile, query)
-        if exclude_seen and history:
-            scores[self._indices([e.item_id for e in history])] = -np.inf
-        pool = np.argsort(-scores, kind="stable")[: max(k, rerank)]
-        pool = pool[np.isfinite(scores[pool])]
-        final = scores[pool]
-        if rerank and history and not query:
-            probs = self.rank(
-                history, self.items["item_id"].to_numpy()[pool].tolist(), profile, now_ts=history[-1].ts
-            )
-            final = probs
-        order = np.argsort(-final, kind="stable")[:k]
-        return [
-            Scored(
-                item_id=str(self.items["item_id"].iat[pool[i]]),
-                title=str(self.items["title"].iat[pool[i]]),
-                score=float(final[i]),
-            )
-            for i in order
-        ]
+        """Top-``k`` for one user (see :meth:`recommend_batch`)."""
+        return self.recommend_batch([RecommendQuery(history, k, profile, query, rerank, exclude_seen)])[0]
 
     def similar_items(self, item_id: str, k: int = 10) -> list[Scored]:
         idx = int(self._indices([item_id])[0])

@@ -8,7 +8,7 @@ import torch
 
 from m6rec.backbones import tiny_encoder
 from m6rec.ranking import RankerConfig, new_ranker
-from m6rec.recommender import HistoryEvent, Recommender, UnknownItemError, save_bundle
+from m6rec.recommender import HistoryEvent, RecommendQuery, Recommender, UnknownItemError, save_bundle
 from m6rec.retrieval import RetrieverConfig, build_segment_cache, collate, new_retriever, query_windows
 from m6rec.textify import Profile, TextStyle
 from tests.synthetic import synthetic_rec_data
@@ -89,3 +89,29 @@ def test_unknown_ids_are_named(bundle) -> None:
         rec.recommend([HistoryEvent("nope")], k=3)
     with pytest.raises(UnknownItemError):
         rec.similar_items("missing")
+
+
+def test_a_batch_scores_exactly_like_one_request_at_a_time(bundle) -> None:
+    """The batched path (one retrieval and one ranking pass for all queries; what adaptive batching
+    serves) gives each query the same items and scores as calling it alone."""
+    rec = Recommender(bundle[0], device="cpu")
+    queries = [
+        RecommendQuery([HistoryEvent("i1", 5.0, 100), HistoryEvent("i2", None, 200)], k=4),
+        RecommendQuery(
+            [HistoryEvent(f"i{i}", float(1 + i % 5), 100 * i) for i in range(3, 15)],
+            k=6,
+            profile=Profile(age=30, gender="M", occupation="writer"),
+        ),
+        RecommendQuery([], k=3, query="Movie number 7"),
+        RecommendQuery([HistoryEvent("i9", 4.0)], k=2, rerank=0),
+    ]
+    batched = rec.recommend_batch(queries)
+    for query, got in zip(queries, batched, strict=True):
+        [alone] = rec.recommend_batch([query])
+        assert [s.item_id for s in got] == [s.item_id for s in alone] and len(got) == query.k
+        np.testing.assert_allclose([s.score for s in got], [s.score for s in alone], atol=1e-5)
+    # rerank=0 returns the retrieval scores themselves (no ranker).
+    raw = rec.retrieve_scores(queries[3].history)
+    np.testing.assert_allclose(
+        [s.score for s in batched[3]], [raw[rec.index[s.item_id]] for s in batched[3]], atol=1e-5
+    )

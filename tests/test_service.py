@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -159,6 +160,29 @@ def test_recommend_with_explanations(client: httpx.Client) -> None:
     for item in out["items"]:
         assert item["explanation"].startswith(f"They will like Movie number {item['item_id'][1:]} (")
         assert " because " in item["explanation"]
+
+
+def test_recommend_batch_over_http_with_adaptive_batching(client: httpx.Client) -> None:
+    """A JSON array in, one answer per request in order; a bad request is its own 400 entry. Concurrent
+    one-element calls (what the dispatcher merges) each get their own answer back."""
+    good = {"history": HISTORY, "k": 3}
+    r = post(
+        client, "/recommend_batch", [good, {"history": [{"item_id": "nope"}]}, {"query": "Movie", "k": 2}]
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [o["status"] for o in out] == [200, 400, 200]
+    alone = post(client, "/recommend", good).json()
+    assert [i["item_id"] for i in out[0]["result"]["items"]] == [i["item_id"] for i in alone["items"]]
+    assert "'nope'" in out[1]["error"]["detail"][0]["msg"] and out[2]["result"]["mode"] == "query"
+    bodies = [[{"history": [{"item_id": f"i{i}", "rating": 5}], "k": 1 + i % 3}] for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda b: post(client, "/recommend_batch", b), bodies))
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        [item] = answer.json()
+        assert item["status"] == 200 and len(item["result"]["items"]) == body[0]["k"]
+    assert post(client, "/recommend_batch", {"history": HISTORY}).status_code == 400  # not an array
 
 
 def test_rank_keeps_the_candidates_order(client: httpx.Client) -> None:

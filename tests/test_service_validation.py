@@ -235,3 +235,30 @@ def test_import_bundle_follows_bentoml_home(
     shutil.rmtree(broken / "encoder")
     with pytest.raises(BundleError, match="missing encoder"):
         import_bundle(broken)
+
+
+def test_a_batch_answers_each_request_as_if_alone(engine: Engine) -> None:
+    """What /recommend_batch (adaptive batching) runs: good requests get the response /recommend gives,
+    a bad one gets its own 400 entry with the same error body, and does not fail the others."""
+    reqs = [
+        rec_request(k=5),
+        RecommendRequest.model_validate({"history": [{"item_id": "nope"}]}),
+        RecommendRequest.model_validate({"query": "Movie number 7", "k": 3}),
+        rec_request(k=41),
+        rec_request(k=4, rerank=0, profile={"age": 40, "gender": "F"}),
+    ]
+    out = engine.recommend_many(reqs)
+    assert [o.status for o in out] == [200, 400, 200, 400, 200]
+    for i in (0, 2, 4):
+        alone = engine.recommend(reqs[i])
+        assert out[i].error is None and out[i].result.mode == alone.mode
+        assert [x.item_id for x in out[i].result.items] == [x.item_id for x in alone.items]
+        # one forward pass over the batch: equal up to float rounding
+        assert [x.score for x in out[i].result.items] == pytest.approx(
+            [x.score for x in alone.items], abs=1e-5
+        )
+    assert out[1].error["error"] == "1 validation error for recommend request"
+    assert out[1].error["detail"][0]["loc"] == ["history", 0, "item_id"]
+    assert "'nope'" in out[1].error["detail"][0]["msg"]
+    assert out[3].error["detail"][0]["type"] == "k_too_large" and out[3].result is None
+    assert engine.recommend_many([]) == []

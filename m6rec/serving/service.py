@@ -26,6 +26,7 @@ and reused; :class:`M6Rec` only wires it to BentoML.
 """
 
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -40,7 +41,7 @@ import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from m6rec.recommender import HistoryEvent, Recommender, UnknownItemError
+from m6rec.recommender import HistoryEvent, Recommender, RecommendQuery, Scored
 from m6rec.textify import Event, Profile, clean_title, pronoun
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ MAX_ID_CHARS = 200
 MAX_TS = 100_000_000_000  # seconds since the epoch; larger values are almost surely milliseconds
 LIKE_THRESHOLD = 4.0  # rating >= 4 is a like (the marts' ``is_like``)
 MAX_REPORTED_ERRORS = 20
+DEFAULT_RERANK = 50
+MAX_BATCH = 64  # requests adaptive batching may merge into one call of recommend_batch
 DEFAULT_LM_EXPLAIN_TOP = 5  # /recommend: the language model explains this many top items at most
 
 ExplanationSource = Literal["language_model", "history"]
@@ -132,6 +135,13 @@ class RecommendRequest(_Strict):
     k: TopK = 10
     explain: bool = Field(False, description="add an explanation to every item")
     exclude_seen: bool = Field(True, description="never return items already in the history")
+    rerank: int = Field(
+        DEFAULT_RERANK,
+        ge=0,
+        le=MAX_CANDIDATES,
+        description="how many retrieved items the CTR ranker re-scores (history-only requests); "
+        "0 = retrieval scores only",
+    )
 
     @model_validator(mode="after")
     def _history_or_query(self) -> "RecommendRequest":
@@ -208,6 +218,27 @@ class SimilarItemsResponse(BaseModel):
     item_id: str
     items: list[ScoredItem]
     model: str
+
+
+class BatchItem(BaseModel):
+    """One answer of ``/recommend_batch``: the response, or the 400 error body ``/recommend`` would
+    have returned for this request."""
+
+    status: Literal[200, 400]
+    result: RecommendResponse | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_error(cls, exc: ValidationError) -> "BatchItem":
+        # The body BentoML sends for a ValidationError on the other endpoints.
+        detail = exc.errors(include_context=False, include_input=False)
+        return cls(
+            status=400,
+            error={
+                "error": f"{exc.error_count()} validation error for {exc.title}",
+                "detail": json.loads(json.dumps(detail, default=str)),
+            },
+        )
 
 
 class ModelInfo(BaseModel):
@@ -430,27 +461,45 @@ class Engine:
         return self.history_explanation(history, item_id, profile, query), "history"
 
     # --- endpoints --------------------------------------------------------------------------------
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    def _query(self, req: RecommendRequest) -> RecommendQuery:
+        """The checks that need the catalogue, then the recommender's query."""
         title = "recommend request"
         history = self._events(req.history)
         self._check_ids(title, [(("history", i, "item_id"), e.item_id) for i, e in enumerate(history)])
         self._check_k(title, req.k, self.n_items, "the catalogue")
         profile = req.profile.to_profile() if req.profile else None
-        try:
-            top = self.rec.recommend(
-                history, req.k, profile=profile, query=req.query, exclude_seen=req.exclude_seen
-            )
-        except UnknownItemError as exc:  # already checked; kept so an id can never become a 500
-            raise request_error(title, [(("history",), "unknown_item", str(exc), exc.ids[:10])]) from exc
+        return RecommendQuery(history, req.k, profile, req.query, req.rerank, req.exclude_seen)
+
+    def _response(self, req: RecommendRequest, query: RecommendQuery, top: list[Scored]) -> RecommendResponse:
         items = [ScoredItem(item_id=s.item_id, title=s.title, score=s.score) for s in top]
         if req.explain:
             for rank, item in enumerate(items):
                 method: ExplainMethod = "auto" if rank < self.lm_explain_top else "history"
                 item.explanation, item.explanation_source = self._explanation(
-                    history, item.item_id, profile, method, req.query
+                    query.history, item.item_id, query.profile, method, req.query
                 )
-        mode = "history+query" if history and req.query else "history" if history else "query"
+        mode = "history+query" if query.history and req.query else "history" if query.history else "query"
         return RecommendResponse(items=items, mode=mode, model=self.model_tag)
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        query = self._query(req)
+        [top] = self.rec.recommend_batch([query])
+        return self._response(req, query, top)
+
+    def recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[BatchItem]:
+        """Many requests in one retrieval and one ranking pass (what adaptive batching hands over). A bad
+        request gets its own 400 entry; the others are answered as if each had come alone."""
+        out: list[BatchItem] = [BatchItem(status=400) for _ in reqs]
+        good: list[tuple[int, RecommendQuery]] = []
+        for i, req in enumerate(reqs):
+            try:
+                good.append((i, self._query(req)))
+            except ValidationError as exc:
+                out[i] = BatchItem.from_error(exc)
+        tops = self.rec.recommend_batch([q for _, q in good])
+        for (i, query), top in zip(good, tops, strict=True):
+            out[i] = BatchItem(status=200, result=self._response(reqs[i], query, top))
+        return out
 
     def rank(self, req: RankRequest) -> RankResponse:
         title = "rank request"
@@ -573,7 +622,9 @@ def _packaged_model() -> Any:
 @bentoml.service(
     name="m6rec",
     traffic={"timeout": 120, "max_concurrency": 64},
-    workers=1,
+    # Worker processes, each with the whole model (M6REC_WORKERS; torch threads per worker:
+    # M6REC_TORCH_THREADS). docs/benchmarks.md has latency figures for 1 and 2 on 2 cores.
+    workers=_env_int("M6REC_WORKERS", 1),
 )
 class M6Rec:
     """m6rec recommendations over HTTP (see the module docstring for the endpoints)."""
@@ -601,6 +652,13 @@ class M6Rec:
     def recommend(self, request: RecommendRequest, /) -> RecommendResponse:
         """Top-k items for a history of item ids and/or a free-text query."""
         return self.engine.recommend(request)
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
+    def recommend_batch(self, requests: list[RecommendRequest], /) -> list[BatchItem]:
+        """Several recommend requests in one body (a JSON array), one answer each in the same order:
+        ``{"status": 200, "result": ...}`` or ``{"status": 400, "error": ...}``. Adaptive batching merges
+        concurrent calls into one model pass, so clients sending one-element arrays share it too."""
+        return self.engine.recommend_many(requests)
 
     @bentoml.api
     def rank(self, request: RankRequest, /) -> RankResponse:
