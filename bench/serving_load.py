@@ -2,11 +2,17 @@
 concurrency 1, 8 and 32, with a bounded number of requests, plus one bounded soak (default 5,000
 requests at concurrency 32) that counts errors.
 
-It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `make run` built) with
-`bentoml serve` on a free localhost port, and stops it at the end.
+Variants of `recommend` (each at concurrency 1, 8, 32):
+  - `rerank 50` (retrieval + the CTR ranker re-scoring the top 50: the late-interaction rerank) and
+    `rerank 0` (retrieval only);
+  - adaptive batching off (`POST /recommend`) and on (`POST /recommend_batch` with one-element arrays:
+    BentoML's dispatcher merges concurrent calls into one model pass).
 
-Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads 1]
-Writes bench/results/serving_load.json.
+It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `make run` built) with
+`bentoml serve` on a free localhost port (M6REC_WORKERS worker processes), and stops it at the end.
+
+Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads 1] [--workers 1]
+Writes bench/results/serving_load.json (or --out).
 """
 
 from __future__ import annotations
@@ -36,23 +42,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def payloads(items: list[str], kind: str, n: int, seed: int = 0) -> list[dict]:
+def payloads(items: list[str], kind: str, n: int, seed: int = 0, rerank: int = 50) -> list:
     rng = random.Random(seed)
-    out = []
+    out: list = []
     for _ in range(n):
         history = [{"item_id": i, "rating": rng.randint(1, 5)} for i in rng.sample(items, 20)]
         if kind == "recommend":
-            out.append({"history": history, "k": 10})
+            out.append({"history": history, "k": 10, "rerank": rerank})
+        elif kind == "recommend_batch":
+            out.append([{"history": history, "k": 10, "rerank": rerank}])
         else:
             out.append({"history": history, "candidates": rng.sample(items, 100)})
     return out
 
 
-def run(url: str, bodies: list[dict], concurrency: int) -> dict:
-    def call(body: dict) -> tuple[float, int]:
+def run(url: str, bodies: list, concurrency: int) -> dict:
+    def call(body) -> tuple[float, int]:
         start = time.perf_counter()
         try:
-            status = client.post(url, json=body, timeout=60).status_code
+            response = client.post(url, json=body, timeout=60)
+            status = response.status_code
+            if status == 200 and isinstance(body, list):  # /recommend_batch: every entry must be 200
+                status = max(item["status"] for item in response.json())
         except httpx.HTTPError:
             status = -1
         return time.perf_counter() - start, status
@@ -81,7 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--soak", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in the service")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per service worker")
+    parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving_load.json"))
     args = parser.parse_args()
     home = Path(os.environ.get("BENTOML_HOME", REPO / "data" / "bentoml"))
     items = pd.read_parquet(REPO / "data" / "artifacts" / "champion" / "items.parquet")["item_id"].tolist()
@@ -90,6 +103,7 @@ def main() -> None:
         **os.environ,
         "BENTOML_HOME": str(home),
         "M6REC_TORCH_THREADS": str(args.threads),
+        "M6REC_WORKERS": str(args.workers),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     proc = subprocess.Popen(
@@ -112,6 +126,7 @@ def main() -> None:
         "command": "python bench/serving_load.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count()},
         "service_torch_threads": args.threads,
+        "service_workers": args.workers,
         "runs": [],
     }
     try:
@@ -125,19 +140,28 @@ def main() -> None:
             time.sleep(1)
         else:
             raise RuntimeError("the Bento did not become ready in 180 s")
-        for kind in ("recommend", "rank"):
-            run(f"{base}/{kind}", payloads(items, kind, 10, seed=1), 1)  # warm-up
+        variants = [
+            ("recommend", 50, "off"),
+            ("recommend_batch", 50, "on"),
+            ("recommend", 0, "off"),
+            ("recommend_batch", 0, "on"),
+            ("rank", None, "off"),
+        ]
+        for kind, rerank, batching in variants:
+            run(f"{base}/{kind}", payloads(items, kind, 10, seed=1, rerank=rerank or 0), 1)  # warm-up
             for concurrency in (1, 8, 32):
-                row = run(f"{base}/{kind}", payloads(items, kind, args.requests), concurrency)
-                report["runs"].append({"endpoint": kind, **row})
-                print(kind, row, flush=True)
+                bodies = payloads(items, kind, args.requests, rerank=rerank or 0)
+                row = run(f"{base}/{kind}", bodies, concurrency)
+                labels = {"endpoint": kind, "rerank": rerank, "adaptive_batching": batching}
+                report["runs"].append({**labels, **row})
+                print(labels, row, flush=True)
         soak = run(f"{base}/recommend", payloads(items, "recommend", args.soak, seed=2), 32)
         report["soak"] = {"endpoint": "recommend", **soak}
         print("soak", soak, flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-    out = REPO / "bench" / "results" / "serving_load.json"
+    out = Path(args.out)
     out.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -58,6 +58,11 @@ class TrainResult:
     stopped: str
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
+    step_seconds: float = 0.0  # forward, backward and optimiser only (no evaluation or checkpoints)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.step_seconds if self.step_seconds > 0 else math.nan
 
 
 def _better(a: float, b: float, mode: str) -> bool:
@@ -121,6 +126,7 @@ class Trainer:
             "best_step": 0,
             "bad_evals": 0,
             "seconds": 0.0,
+            "step_seconds": 0.0,
         }
 
     @property
@@ -185,6 +191,7 @@ class Trainer:
         running, seen = 0.0, 0
         batches = self._batches()
         while self.state["step"] < cfg.max_steps:
+            step_start = time.perf_counter()
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
                 with self.accelerator.accumulate(self.model), self.accelerator.autocast():
@@ -196,6 +203,9 @@ class Trainer:
                     self.scheduler.step()
                     self.optimizer.zero_grad()
                 running, seen = running + float(loss.detach()), seen + 1
+            self.state["step_seconds"] = (
+                self.state.get("step_seconds", 0.0) + time.perf_counter() - step_start
+            )
             self.state["step"] += 1
             bar.update(1)
             step = self.state["step"]
@@ -248,6 +258,7 @@ class Trainer:
             stopped=stopped,
             history=history,
             device=str(self.device),
+            step_seconds=self.state["step_seconds"],
         )
 
     def load_best(self) -> None:
@@ -258,14 +269,20 @@ class Trainer:
             )
 
 
-def result_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any]:
-    """What the pipeline attaches to a training asset."""
-    return {
+def result_metadata(
+    result: TrainResult, config: TrainConfig, batch_size: int | None = None
+) -> dict[str, Any]:
+    """What the pipeline attaches to a training asset; throughput counts optimisation steps only."""
+    meta = {
         "best_" + config.metric: result.best_metric,
         "best_step": result.best_step,
         "steps": result.steps,
         "train_seconds": round(result.seconds, 1),
+        "steps_per_second": round(result.steps_per_second, 3),
         "stopped": result.stopped,
         "device": result.device,
         "config": asdict(config),
     }
+    if batch_size:
+        meta["samples_per_second"] = round(result.steps_per_second * config.grad_accum * batch_size, 1)
+    return meta

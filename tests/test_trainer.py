@@ -56,6 +56,8 @@ def test_learns_and_logs_metrics(tmp_path: Path) -> None:
     assert [r["step"] for r in lines] == [10, 20, 30, 40, 50, 60]
     assert lines[-1]["mse"] < 0.2 * lines[0]["mse"] and result.best_metric == lines[-1]["mse"]
     assert (tmp_path / "best.pt").exists() and (tmp_path / "checkpoint" / "trainer_state.json").exists()
+    # Throughput counts optimisation steps only: six evaluations and checkpoints are not in it.
+    assert 0 < result.step_seconds < result.seconds and result.steps_per_second == 60 / result.step_seconds
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:

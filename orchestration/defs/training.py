@@ -101,7 +101,7 @@ def retriever(
     history = pd.DataFrame(result.history)
     return dg.MaterializeResult(
         metadata={
-            **result_metadata(result, cfg),
+            **result_metadata(result, cfg, profile.batch_size),
             **param_count(model),
             "profile": profile.name,
             "valid_curve": dg.MetadataValue.md(
@@ -132,7 +132,11 @@ def ranker(
     torch.save(model.state_dict(), artifact("ranker", "model.pt"))
     artifact("ranker", "config.json").write_text(json.dumps(profile.ranker.__dict__))
     return dg.MaterializeResult(
-        metadata={**result_metadata(result, cfg), **param_count(model), "profile": profile.name}
+        metadata={
+            **result_metadata(result, cfg, profile.ranker_batch_size),
+            **param_count(model),
+            "profile": profile.name,
+        }
     )
 
 
@@ -175,16 +179,13 @@ def token_ranker(
     n_train = int((examples["split"] == "train").sum())
     return dg.MaterializeResult(
         metadata={
-            **result_metadata(result, cfg),
+            **result_metadata(result, cfg, config.batch_size),
             **param_count(scorer),
             "profile": profile.name,
             "encoder": encoder.name,
             "top_layers": config.top_k,
             "lower_layers": scorer.split,
             "train_examples": min(n_train, config.max_train_examples or n_train),
-            "examples_per_second_incl_eval": round(
-                result.steps * config.batch_size / max(result.seconds, 1e-9), 1
-            ),
             "path": str(out),
         }
     )
