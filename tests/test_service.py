@@ -183,6 +183,8 @@ def test_recommend_batch_over_http_with_adaptive_batching(client: httpx.Client) 
         [item] = answer.json()
         assert item["status"] == 200 and len(item["result"]["items"]) == body[0]["k"]
     assert post(client, "/recommend_batch", {"history": HISTORY}).status_code == 400  # not an array
+    empty, too_many = post(client, "/recommend_batch", []), post(client, "/recommend_batch", [good] * 65)
+    assert (empty.status_code, too_many.status_code) == (400, 400), (empty.text, too_many.text)
 
 
 def test_rank_keeps_the_candidates_order(client: httpx.Client) -> None:

@@ -6,6 +6,8 @@ another tag — and exposes JSON endpoints (all ``POST``):
 
 * ``/recommend``      history of item ids (optional ratings / timestamps) and/or a free-text ``query``
                       -> top-``k`` items with scores and optional explanations
+* ``/recommend_batch`` an array of ``/recommend`` bodies -> one answer (or 400 entry) each; adaptive
+                      batching merges concurrent calls into one model pass
 * ``/rank``           history + candidate ids -> like probabilities, in the candidates' order
 * ``/explain``        history + one item id -> explanation text, its source, and the behaviour text
 * ``/similar_items``  one item id -> the ``k`` most similar catalogue items
@@ -151,6 +153,12 @@ class RecommendRequest(_Strict):
                 '({"item_id": ...}) or a free-text "query"'
             )
         return self
+
+
+RecommendBatch = Annotated[
+    list[RecommendRequest],
+    Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} recommend requests"),
+]
 
 
 class RankRequest(_Strict):
@@ -654,7 +662,7 @@ class M6Rec:
         return self.engine.recommend(request)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
-    def recommend_batch(self, requests: list[RecommendRequest], /) -> list[BatchItem]:
+    def recommend_batch(self, requests: RecommendBatch, /) -> list[BatchItem]:
         """Several recommend requests in one body (a JSON array), one answer each in the same order:
         ``{"status": 200, "result": ...}`` or ``{"status": 400, "error": ...}``. Adaptive batching merges
         concurrent calls into one model pass, so clients sending one-element arrays share it too."""
