@@ -311,7 +311,7 @@ def load_encoder(
     else:
         kind, source = _classify(name_or_path)
         name = key
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"trust_remote_code": False}  # never run a checkpoint's own code
     if kind == "hub" and cache_dir is not None:
         kwargs["cache_dir"] = str(cache_dir)
     try:
@@ -491,7 +491,7 @@ def load_causal_lm(
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     kind, source, name = _resolve_causal(name_or_path, cache)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"trust_remote_code": False}  # never run a checkpoint's own code
     if kind == "hub" and cache is not None:
         kwargs["cache_dir"] = str(cache)
     try:

@@ -326,6 +326,7 @@ def finetune_like_head(
         settings.setdefault("option_init_ids", [lm.no_token_id, lm.yes_token_id])
         settings.setdefault("num_options", 2)
         settings.setdefault("seed", config.seed)
+    torch.manual_seed(config.seed)  # LoRA / adapter initialisation: the same weights whatever ran before
     model, report = apply_tuning(lm.model, config.method, **settings)
     if log:
         log(str(report))

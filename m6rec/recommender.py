@@ -183,9 +183,13 @@ class Recommender:
         cache = SegmentCache.load(self.path / "segments.pt")
         shim = RecData(items=self.items, users=pd.DataFrame({"user_id": []}), events=pd.DataFrame())
         self.retriever = new_retriever(RetrieverConfig(**self.manifest["retriever"]), shim, cache)
-        self.retriever.load_state_dict(torch.load(self.path / "retriever.pt", map_location="cpu"))
+        self.retriever.load_state_dict(
+            torch.load(self.path / "retriever.pt", map_location="cpu", weights_only=True)
+        )
         self.ranker = new_ranker(RankerConfig(**self.manifest["ranker"]), shim, cache)
-        self.ranker.load_state_dict(torch.load(self.path / "ranker.pt", map_location="cpu"))
+        self.ranker.load_state_dict(
+            torch.load(self.path / "ranker.pt", map_location="cpu", weights_only=True)
+        )
         self.retriever.to(self.device).eval()
         self.ranker.to(self.device).eval()
         self.encoder = load_encoder(self.path / "encoder", device=self.device)

@@ -63,7 +63,7 @@ class SegmentCache:
 
     @classmethod
     def load(cls, path: str | Path) -> SegmentCache:
-        return cls(**torch.load(path, map_location="cpu"))
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
 
 
 def build_segment_cache(

@@ -56,7 +56,15 @@ class Table:
         return DataFormatError(self.path, reason, line=line, column=column, value=value, unit=self.unit)
 
 
+def _regular_file(path: Path) -> None:
+    """Logs are read only from regular files in their folder: a symlink could point anywhere (and its
+    target's first line would be quoted in an error), a FIFO or device would block or never end."""
+    if path.is_symlink() or not path.is_file():
+        raise DataFormatError(path, "not a regular file (symlinks, folders and special files are not read)")
+
+
 def _decode(path: Path, encoding: str) -> str:
+    _regular_file(path)
     raw = path.read_bytes()
     if not raw.strip():
         raise DataFormatError(path, "file is empty")
@@ -117,6 +125,7 @@ def read_delimited(
 def read_parquet(path: Path) -> Table:
     """Read a Parquet file; rows are numbered from 1 in error messages."""
     path = Path(path)
+    _regular_file(path)
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file

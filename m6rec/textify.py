@@ -127,8 +127,9 @@ def _number(x: float) -> str:
 def _article(word: str) -> str:
     """'a' or 'an' for the word that follows (numbers read aloud: an 8-, an 11-, an 18-, an 80-...)."""
     w = word.lower()
-    if w[:1].isdigit():
-        digits = re.match(r"\d+", w).group()  # type: ignore[union-attr]
+    number = re.match(r"[0-9]+", w)  # ASCII digits only: str.isdigit() also accepts "²"
+    if number:
+        digits = number.group()
         return "an" if digits.startswith("8") or digits in ("11", "18") else "a"
     if w.startswith(("uni", "use", "usu", "uti", "eu", "one")):
         return "a"

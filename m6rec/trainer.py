@@ -265,7 +265,7 @@ class Trainer:
         best = self.out / "best.pt"
         if best.exists():
             self.accelerator.unwrap_model(self.model).load_state_dict(
-                torch.load(best, map_location=self.device)
+                torch.load(best, map_location=self.device, weights_only=True)
             )
 
 

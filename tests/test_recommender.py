@@ -8,7 +8,7 @@ import torch
 
 from m6rec.backbones import tiny_encoder
 from m6rec.ranking import RankerConfig, new_ranker
-from m6rec.recommender import HistoryEvent, RecommendQuery, Recommender, UnknownItemError, save_bundle
+from m6rec.recommender import HistoryEvent, Recommender, RecommendQuery, UnknownItemError, save_bundle
 from m6rec.retrieval import RetrieverConfig, build_segment_cache, collate, new_retriever, query_windows
 from m6rec.textify import Profile, TextStyle
 from tests.synthetic import synthetic_rec_data

@@ -8,6 +8,7 @@ import dagster as dg
 
 from m6rec.sources import TABLE_SUFFIXES
 from orchestration import settings
+from orchestration.defs.quality import ctr_examples_suite, item_catalogue_suite, splits_suite
 
 DATA_GROUPS = ("ingest", "staging", "intermediate", "marts")
 MODEL_GROUPS = ("training", "evaluation", "packaging")
@@ -24,8 +25,10 @@ pipeline_job = dg.define_asset_job(
 )
 retrain_job = dg.define_asset_job(
     "retrain",
-    selection=dg.AssetSelection.groups(*MODEL_GROUPS),
-    description="Retrain on the current marts, evaluate, promote if not worse, rebuild the Bento.",
+    # The marts' blocking GX suites run first: marts that failed them in an earlier run are not trained on.
+    selection=dg.AssetSelection.groups(*MODEL_GROUPS)
+    | dg.AssetSelection.checks(splits_suite, ctr_examples_suite, item_catalogue_suite),
+    description="Check the marts, retrain on them, evaluate, promote if not worse, rebuild the Bento.",
 )
 weekly_retrain = dg.ScheduleDefinition(
     job=retrain_job,
@@ -42,7 +45,11 @@ def incoming_fingerprint(folder: Path, *, settle_s: float = SETTLE_S) -> str | N
     """A digest of the log files' names, sizes and mtimes, or None while there are none or while any
     was modified in the last ``settle_s`` seconds (a copy may still be in progress)."""
     files = (
-        sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in LOG_SUFFIXES)
+        sorted(
+            p
+            for p in folder.glob("*")
+            if p.is_file() and not p.is_symlink() and p.suffix.lower() in LOG_SUFFIXES
+        )
         if folder.is_dir()
         else []
     )

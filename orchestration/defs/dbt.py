@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from m6rec.warehouse import WarehouseLockedError, connect
 from orchestration import settings
 from orchestration.defs.resources import WarehouseResource
 
@@ -78,7 +80,31 @@ def m6rec_dbt(
     warehouse: WarehouseResource,
     config: DbtBuildConfig,
 ):
-    """``dbt build``: models and their tests, against the warehouse file the resource names."""
+    """``dbt build``: models and their tests, against the warehouse file the resource names.
+
+    dbt-duckdb opens the file itself and fails at once when another process holds its lock, so the build
+    first waits for the lock like every other step (up to ``warehouse.lock_wait_s``), and starts again
+    when it lost the race for the lock before building anything."""
     os.environ["M6REC_DUCKDB_PATH"] = str(Path(warehouse.database).resolve())  # read by profiles.yml
     dbt_vars = json.dumps(config.model_dump())
-    yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+    deadline = time.monotonic() + warehouse.lock_wait_s
+    while True:
+        with connect(warehouse.database, wait_s=max(deadline - time.monotonic(), 0.0)):
+            pass  # free now; WarehouseLockedError once lock_wait_s has passed
+        invocation = dbt.cli(["build", "--vars", dbt_vars], context=context, raise_on_error=False)
+        events = 0
+        for event in invocation.stream():
+            events += 1
+            yield event
+        error = invocation.get_error()
+        if error is None:
+            return
+        if events or "Could not set lock" not in str(error):
+            raise error
+        if time.monotonic() >= deadline:
+            raise WarehouseLockedError(
+                f"DuckDB warehouse {warehouse.database} is locked by another process for more than "
+                f"{warehouse.lock_wait_s:.0f}s (DuckDB allows one writer at a time): dbt could not open it"
+            ) from error
+        context.log.info("dbt lost the race for the DuckDB lock to another process; trying again")
+        time.sleep(1.0)

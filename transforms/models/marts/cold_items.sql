@@ -11,7 +11,7 @@ eligible as (
     select
         item_id,
         n_interactions,
-        row_number() over (order by md5('{{ var("cold_item_seed") }}:' || item_id), item_id) as draw_rank,
+        row_number() over (order by md5({{ "'" ~ (var("cold_item_seed") | string | replace("'", "''")) ~ "'" }} || ':' || item_id), item_id) as draw_rank,
         count(*) over () as n_eligible
     from item_counts
     where n_interactions >= {{ var('cold_item_min_interactions') }}
