@@ -12,6 +12,7 @@ It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `ma
 `bentoml serve` on a free localhost port (M6REC_WORKERS worker processes), and stops it at the end.
 
 Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads 1] [--workers 1]
+                                   [--autocast off|bf16]
 Writes bench/results/serving_load.json (or --out).
 """
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per service worker")
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16"], help="M6REC_AUTOCAST")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving_load.json"))
     args = parser.parse_args()
     home = Path(os.environ.get("BENTOML_HOME", REPO / "data" / "bentoml"))
@@ -104,6 +106,7 @@ def main() -> None:
         "BENTOML_HOME": str(home),
         "M6REC_TORCH_THREADS": str(args.threads),
         "M6REC_WORKERS": str(args.workers),
+        "M6REC_AUTOCAST": args.autocast,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     proc = subprocess.Popen(
@@ -127,6 +130,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count()},
         "service_torch_threads": args.threads,
         "service_workers": args.workers,
+        "service_autocast": args.autocast,
         "runs": [],
     }
     try:

@@ -298,7 +298,7 @@ class Recommender:
         }
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch["profile_states"] = torch.cat(profiles)
-        probs = torch.sigmoid(self.ranker(batch)).cpu().numpy()
+        probs = torch.sigmoid(self.ranker(batch).float()).cpu().numpy()
         return np.split(probs, np.cumsum([len(c) for c in cands])[:-1])
 
     def rank(

@@ -262,3 +262,19 @@ def test_a_batch_answers_each_request_as_if_alone(engine: Engine) -> None:
     assert "'nope'" in out[1].error["detail"][0]["msg"]
     assert out[3].error["detail"][0]["type"] == "k_too_large" and out[3].result is None
     assert engine.recommend_many([]) == []
+
+
+def test_bf16_autocast_is_opt_in_and_close_to_full_precision(
+    bundle: Path, engine: Engine, monkeypatch
+) -> None:
+    monkeypatch.setenv("M6REC_AUTOCAST", "bf16")
+    fast = Engine(bundle, device="cpu")
+    assert fast.autocast == "bf16" and engine.autocast == "off"
+    req = RankRequest.model_validate({"history": HISTORY, "candidates": [f"i{i}" for i in range(6, 30)]})
+    full, half = engine.rank(req), fast.rank(req)
+    assert [x.score for x in half.items] == pytest.approx([x.score for x in full.items], abs=2e-2)
+    assert [x.score for x in half.items] != [x.score for x in full.items]  # it really ran in bfloat16
+    assert len(fast.recommend(rec_request(k=5)).items) == 5
+    monkeypatch.setenv("M6REC_AUTOCAST", "fp8")
+    with pytest.raises(ValueError, match="M6REC_AUTOCAST='fp8'"):
+        Engine(bundle, device="cpu")
