@@ -30,6 +30,7 @@ import torch
 
 from m6rec.backbones import Encoder, load_encoder, pick_device
 from m6rec.data import RecData
+from m6rec.files import replace_folder
 from m6rec.ranking import RankerConfig, SegmentRanker, gaps_before, new_ranker
 from m6rec.retrieval import (
     RetrieverConfig,
@@ -141,11 +142,7 @@ def save_bundle(
         "versions": {p: _version(p) for p in ("m6rec", "torch", "transformers")},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, path)
     return path
 
 

@@ -14,7 +14,6 @@ CPU profiles use the pooled :class:`~m6rec.ranking.SegmentRanker` instead.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from m6rec.backbones import Encoder, load_encoder
 from m6rec.data import RecData, events_of
+from m6rec.files import replace_folder
 from m6rec.metrics import ctr_metrics
 from m6rec.ranking import CANDIDATE, HISTORY, PROFILE, LateInteractionScorer
 from m6rec.textify import PRONOUNS, ItemText, TextStyle, behaviour_segments, question_text
@@ -152,11 +152,7 @@ def save_token_ranker(scorer: LateInteractionScorer, config: TokenRankerConfig, 
         {"segment_emb": scorer.segment_emb.state_dict(), "head": scorer.head.state_dict()}, tmp / "late.pt"
     )
     (tmp / "config.json").write_text(json.dumps(asdict(config)))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, path)
     return path
 
 

@@ -23,6 +23,8 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from m6rec.files import replace_folder
+
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
 
@@ -67,18 +69,6 @@ class TrainResult:
 
 def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
-
-
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place (the old one is removed only afterwards)."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 class Trainer:
@@ -140,7 +130,7 @@ class Trainer:
             shutil.rmtree(tmp)
         self.accelerator.save_state(str(tmp), safe_serialization=False)
         (tmp / "trainer_state.json").write_text(json.dumps(self.state))
-        _atomic_replace(tmp, self.out / "checkpoint")
+        replace_folder(tmp, self.out / "checkpoint")
 
     def _save_best(self) -> None:
         tmp = self.out / "best.pt.tmp"

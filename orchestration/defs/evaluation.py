@@ -10,6 +10,7 @@ import numpy as np
 from m6rec import evaluation
 from m6rec.backbones import pick_device
 from m6rec.data import load_rec_data
+from m6rec.files import replace_folder
 from m6rec.recommender import save_bundle
 from m6rec.retrieval import SegmentCache
 from m6rec.token_ranking import load_token_ranker
@@ -170,11 +171,7 @@ def promoted_model(context: dg.AssetExecutionContext, config: PromotionConfig) -
         tmp = champion.with_name(champion.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(candidate, tmp)
-        old = champion.with_name(champion.name + ".old")
-        if champion.exists():
-            champion.rename(old)
-        tmp.rename(champion)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, champion)
     context.log.info(f"{'promoted' if promote else 'kept the champion'}: {reason}")
     manifest = json.loads((champion / "manifest.json").read_text()) if champion.exists() else {}
     return dg.MaterializeResult(

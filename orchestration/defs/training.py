@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from m6rec.data import load_rec_data
+from m6rec.files import replace_folder
 from m6rec.ranking import RankerConfig, train_ranker
 from m6rec.retrieval import RetrieverConfig, SegmentCache, build_segment_cache, train_retriever
 from m6rec.textify import TextStyle
@@ -258,8 +259,7 @@ def explainer(
     shutil.rmtree(tmp, ignore_errors=True)
     lm.model.save_pretrained(tmp)
     lm.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    replace_folder(tmp, out)
     return dg.MaterializeResult(
         metadata={
             "explainer": lm.name,
