@@ -167,6 +167,11 @@ def token_ranker(
             metadata={"token_ranker": f"off in profile {profile.name!r} (the pooled ranker serves)"}
         )
     config = profile.token_ranker
+    if profile.encoder != "tiny" and not torch.cuda.is_available():
+        context.log.warning(
+            "token-level fine-tuning on CPU: MiniLM trained ~2 examples/s on a 2-core CPU "
+            "(docs/benchmarks.md), hours per epoch; the full profile is meant for a GPU"
+        )
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
     cfg = replace(
