@@ -186,7 +186,24 @@ class SegmentRanker(CachedSegmentModel):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, 1)
 
+    @torch.no_grad()
+    def cache_item_vectors(self) -> None:
+        """Precompute every item's vector (serving: they only change with the weights). Used while the
+        model is in eval mode and no per-example mean rating is given; dropped by :meth:`train`."""
+        self.eval()
+        self._item_table = self.item_vectors(
+            torch.arange(self.item_states.shape[0], device=self.item_states.device)
+        )
+
+    def train(self, mode: bool = True) -> SegmentRanker:
+        if mode:
+            self._item_table = None
+        return super().train(mode)
+
     def item_vectors(self, items: torch.Tensor, mean_rating: torch.Tensor | None = None) -> torch.Tensor:
+        table = getattr(self, "_item_table", None)
+        if table is not None and mean_rating is None and not self.training:
+            return table[items]
         vec = self.item_proj(self.item_states[items])
         if self.config.use_ids:
             vec = vec + self.id_emb(items) * self.has_id[items, None]

@@ -192,6 +192,8 @@ class Recommender:
         self.encoder = load_encoder(self.path / "encoder", device=self.device)
         with torch.no_grad():
             self.item_vectors = self.retriever.item_vectors()  # [n_items, d], unit norm
+            self.item_vectors_raw = self.retriever.item_vectors(normalize=False)  # history segments
+            self.ranker.cache_item_vectors()
         self.texts = shim.item_texts()  # the same ItemText rows training rendered
         self.item_ids = self.items["item_id"].astype(str).to_numpy()
         self.titles = self.items["title"].astype(str).to_numpy()
@@ -246,7 +248,7 @@ class Recommender:
                 for k, v in collate([self._window(queries[i].history) for i in tower]).items()
             }
             batch["profile_states"] = torch.stack([self._profile_state(queries[i].profile) for i in tower])
-            total[tower] += self.retriever.user_vectors(batch) @ self.item_vectors.T
+            total[tower] += self.retriever.user_vectors(batch, self.item_vectors_raw) @ self.item_vectors.T
         texts = [i for i, q in enumerate(queries) if q.query]
         if texts:
             encoded = self.encoder.encode([queries[i].query for i in texts], max_length=64).to(self.device)

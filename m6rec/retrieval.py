@@ -241,9 +241,14 @@ class SequentialRetriever(CachedSegmentModel):
         return F.cross_entropy(logits, torch.searchsorted(classes, targets))
 
     @torch.no_grad()
-    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The last state of each window (``batch["profile_states"]``, if given, replaces the profiles)."""
-        item_vecs_raw = self.item_vectors(normalize=False)
+    def user_vectors(
+        self, batch: dict[str, torch.Tensor], item_vecs_raw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The last state of each window (``batch["profile_states"]``, if given, replaces the profiles).
+        ``item_vecs_raw``: ``item_vectors(normalize=False)`` computed once by a caller that serves many
+        requests (it is the whole catalogue through the item tower)."""
+        if item_vecs_raw is None:
+            item_vecs_raw = self.item_vectors(normalize=False)
         states = self.user_states(
             batch["users"],
             batch["items"],

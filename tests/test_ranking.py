@@ -107,3 +107,19 @@ def test_train_examples_never_see_their_own_rating_in_the_item_mean() -> None:
             expected = ratings.mean()
         got = float(tensors["cand_mean"][i])
         assert (expected is None and got != got) or abs(got - expected) < 1e-5
+
+
+def test_cached_item_vectors_score_the_same_and_training_drops_them() -> None:
+    data = synthetic_rec_data()
+    cache = build_segment_cache(tiny_encoder(seed=0), data)
+    batch = ctr_tensors(ctr_frame(data), data)
+    batch.pop("cand_mean")  # serving passes no per-example mean rating: the cached table applies
+    torch.manual_seed(0)
+    model = new_ranker(RankerConfig(dim=32, heads=2), data, cache).eval()
+    with torch.no_grad():
+        fresh = model(batch)
+        model.cache_item_vectors()
+        assert model._item_table is not None
+        torch.testing.assert_close(model(batch), fresh)
+    model.train()  # weights are about to change: the table must not outlive them
+    assert model._item_table is None
