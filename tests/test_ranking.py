@@ -21,7 +21,6 @@ from m6rec.retrieval import build_segment_cache
 from m6rec.trainer import TrainConfig, Trainer
 from tests.synthetic import ctr_frame, synthetic_rec_data
 
-torch.set_num_threads(1)
 SEGMENTS = [
     "A 24-year-old male technician.",
     "3 days ago he watched Heat (1995; Action) and rated it 5 stars.",

@@ -13,8 +13,6 @@ from m6rec.retrieval import RetrieverConfig, build_segment_cache, collate, new_r
 from m6rec.textify import Profile, TextStyle
 from tests.synthetic import synthetic_rec_data
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory):

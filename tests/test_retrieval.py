@@ -22,8 +22,6 @@ from m6rec.retrieval import (
 from m6rec.trainer import TrainConfig, Trainer
 from tests.synthetic import synthetic_rec_data
 
-torch.set_num_threads(1)
-
 
 def _setup(**cfg):
     data = synthetic_rec_data()

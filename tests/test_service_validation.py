@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from pydantic import ValidationError
 
 from m6rec.serving.packaging import BundleError, import_bundle
@@ -21,8 +20,6 @@ from m6rec.serving.service import (
     SimilarItemsRequest,
 )
 from tests.bundle_fixtures import TINY_METRICS, build_tiny_bundle
-
-torch.set_num_threads(1)
 
 HISTORY = [
     {"item_id": "i1", "rating": 5, "ts": 1_000_000},  # Comedy, liked

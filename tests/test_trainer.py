@@ -10,8 +10,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from m6rec.trainer import TrainConfig, Trainer
 
-torch.set_num_threads(1)
-
 
 def _problem(seed: int = 0):
     g = torch.Generator().manual_seed(seed)

@@ -17,30 +17,13 @@ from m6rec.tuning import (
     default_lora_targets,
     trainable_state_dict,
 )
-from tests.conftest import SHARED_CACHE
 
 H, LAYERS = 32, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        return bb.smollm2_tokenizer(SHARED_CACHE)
-    except bb.BackboneUnavailableError:
-        return bb.builtin_causal_tokenizer()
-
-
 @pytest.fixture
-def lm(tokenizer) -> bb.CausalLM:
-    return bb.tiny_causal_lm(seed=0, tokenizer=tokenizer, hidden_size=H, num_layers=LAYERS)
+def lm(causal_tokenizer) -> bb.CausalLM:
+    return bb.tiny_causal_lm(seed=0, tokenizer=causal_tokenizer, hidden_size=H, num_layers=LAYERS)
 
 
 def _batch(lm: bb.CausalLM, texts=("A user. Will he like Heat?", "Hi")):
