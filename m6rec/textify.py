@@ -362,7 +362,7 @@ def _segments(
     pron = pronoun(profile)
     events = _ordered(history)
     if max_events is not None:
-        events = events[len(events) - max_events :] if max_events > 0 else []
+        events = events[max(0, len(events) - max_events) :]  # the most recent max_events (all if fewer)
     head = [profile_text(profile)]
     tails = [tail] if tail else []
     body = [event_text(e, now_ts, pron, style) for e in events]

@@ -313,3 +313,13 @@ def test_no_digits_but_years_ratings_and_ages():
     import re
 
     assert sorted(set(re.findall(r"\d+", text))) == ["1994", "1995", "1996", "24", "3", "4", "5"]
+
+
+def test_max_events_keeps_the_most_recent_and_all_of_a_shorter_history() -> None:
+    history = [Event(ItemText(title=f"Movie {i}"), ts=i * 86_400, rating=4) for i in range(3)]
+    segments = lambda n: behaviour_segments(None, history, ItemText(title="Heat"), 10 * 86_400, max_events=n)  # noqa: E731
+    assert len(segments(10)) == 2 + 3  # a shorter history than the cap is kept whole
+    assert len(segments(5)) == 2 + 3
+    assert len(segments(3)) == 2 + 3
+    assert [s.split(" watched ")[1][:7] for s in segments(2)[1:-1]] == ["Movie 1", "Movie 2"]
+    assert len(segments(0)) == 2
