@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from m6rec.backbones import load_encoder
-from m6rec.data import events_of, load_rec_data
+from m6rec.data import load_rec_data
 from m6rec.metrics import ctr_metrics
-from m6rec.ranking import CANDIDATE, HISTORY, PROFILE, LateInteractionScorer
-from m6rec.textify import TextStyle, behaviour_segments, pronoun, question_text
+from m6rec.ranking import LateInteractionScorer
+from m6rec.textify import TextStyle, pronoun, question_text
+from m6rec.token_ranking import example_segments, segment_types
 from m6rec.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,27 +38,9 @@ STYLE = TextStyle()
 
 
 def segments_for(examples: pd.DataFrame, data, history: int) -> tuple[list[list[str]], list[list[int]]]:
-    texts, profiles, index = data.item_texts(), data.profiles(), data.item_index
-    users = dict(zip(data.users["user_id"], data.users["user_idx"], strict=True))
-    out, kinds = [], []
-    for row in examples.itertuples(index=False):
-        frame = pd.DataFrame(
-            {
-                "item_idx": [index[i] for i in row.history_item_ids][-history:],
-                "ts": list(row.history_ts)[-history:],
-                "rating": list(row.history_ratings)[-history:],
-            }
-        )
-        segs = behaviour_segments(
-            profiles[users[row.user_id]],
-            events_of(frame, texts),
-            texts[index[row.target_item_id]],
-            int(row.target_ts),
-            style=STYLE,
-        )
-        out.append(segs)
-        kinds.append([PROFILE] + [HISTORY] * (len(segs) - 2) + [CANDIDATE])
-    return out, kinds
+    """Each example's segment texts (the pipeline's own function) and their segment types."""
+    segments = example_segments(examples, data, STYLE, history)
+    return segments, [segment_types(len(s)) for s in segments]
 
 
 def main() -> None:
