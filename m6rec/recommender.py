@@ -386,10 +386,7 @@ class Recommender:
         sims = (self.item_vectors @ self.item_vectors[idx]).cpu().numpy()
         sims[idx] = -np.inf
         order = np.argsort(-sims, kind="stable")[:k]
-        return [
-            Scored(str(self.items["item_id"].iat[i]), str(self.items["title"].iat[i]), float(sims[i]))
-            for i in order
-        ]
+        return [Scored(str(self.item_ids[i]), str(self.titles[i]), float(sims[i])) for i in order]
 
     def behaviour_text(
         self, history: list[HistoryEvent], item_id: str, profile: Profile | None = None

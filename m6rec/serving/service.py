@@ -386,8 +386,7 @@ class Engine:
         return [HistoryEvent(h.item_id, h.rating, h.ts) for h in history]
 
     def _item(self, idx: int) -> tuple[str, str]:
-        items = self.rec.items
-        return str(items["item_id"].iat[idx]), str(items["title"].iat[idx])
+        return str(self.rec.item_ids[idx]), str(self.rec.titles[idx])
 
     # --- explanations ---------------------------------------------------------------------------
     def _display(self, idx: int) -> str:
