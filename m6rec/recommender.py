@@ -217,6 +217,12 @@ class Recommender:
             raise UnknownItemError(unknown)
         return np.asarray([self.index[i] for i in ids], dtype=np.int64)
 
+    def _text_events(self, history: list[HistoryEvent], idx: np.ndarray) -> list[Event]:
+        """The history (its items at catalogue indices ``idx``) as textify events, for the behaviour text."""
+        return [
+            Event(item=self.texts[i], ts=e.ts, rating=e.rating) for i, e in zip(idx, history, strict=True)
+        ]
+
     def _profile_state(self, profile: Profile | None) -> torch.Tensor:
         return self._encode_profile(profile_text(profile))
 
@@ -318,10 +324,7 @@ class Recommender:
         candidates; the top layers per candidate."""
         assert self.token_ranker is not None and self.token_config is not None
         assert self.candidate_states is not None
-        events = [
-            Event(item=self.texts[i], ts=e.ts, rating=e.rating)
-            for i, e in zip(self._indices([e.item_id for e in history]), history, strict=True)
-        ]
+        events = self._text_events(history, self._indices([e.item_id for e in history]))
         segments = behaviour_segments(
             profile or Profile(),
             events,
@@ -393,9 +396,7 @@ class Recommender:
     ) -> str:
         """The exact M6-Rec text the models are trained on, for this request (shared with training)."""
         idx = self._indices([item_id] + [e.item_id for e in history])
-        events = [
-            Event(item=self.texts[i], ts=e.ts, rating=e.rating) for i, e in zip(idx[1:], history, strict=True)
-        ]
+        events = self._text_events(history, idx[1:])
         now = max((e.ts for e in history if e.ts is not None), default=None)
         return " ".join(
             behaviour_segments(
