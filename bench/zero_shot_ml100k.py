@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from m6rec.backbones import load_encoder
-from m6rec.data import load_rec_data
-from m6rec.evaluation import zero_shot_report
-from m6rec.movielens import fetch_movielens_100k
-from m6rec.retrieval import RetrieverConfig, build_segment_cache, evaluate_retrieval, train_retriever
-from m6rec.sources import read_source
-from m6rec.textify import TextStyle
-from m6rec.trainer import TrainConfig
-from m6rec.warehouse import connect, replace_raw_tables
+from m6rec.data.marts import load_rec_data
+from m6rec.data.movielens import fetch_movielens_100k
+from m6rec.data.sources import read_source
+from m6rec.data.warehouse import connect, replace_raw_tables
+from m6rec.evaluation.zero_shot import zero_shot_report
+from m6rec.models.backbones import load_encoder
+from m6rec.models.retrieval import RetrieverConfig, build_segment_cache, evaluate_retrieval, train_retriever
+from m6rec.text.textify import TextStyle
+from m6rec.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

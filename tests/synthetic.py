@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from m6rec.data import RecData
+from m6rec.data.marts import RecData
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 

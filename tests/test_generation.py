@@ -1,4 +1,4 @@
-"""The causal LM as a recommender (m6rec.generation) on tiny random backbones: Yes/No scoring, few-shot
+"""The causal LM as a recommender (m6rec.models.generation) on tiny random backbones: Yes/No scoring, few-shot
 tuning, likelihood ranking and generation."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec import backbones as bb
-from m6rec.generation import (
+from m6rec.models import backbones as bb
+from m6rec.models.generation import (
     DEFAULT_RANK_INSTRUCTION,
     FewShotConfig,
     balanced_sample,
@@ -23,8 +23,8 @@ from m6rec.generation import (
     rank_candidates,
     sequence_logprobs,
 )
-from m6rec.textify import Event, ItemText, Profile, behaviour_text, item_text, user_query_text
-from m6rec.tuning import apply_tuning
+from m6rec.models.tuning import apply_tuning
+from m6rec.text.textify import Event, ItemText, Profile, behaviour_text, item_text, user_query_text
 
 DAY = 86_400
 TOY = ItemText("Toy Story", 1995, ("Animation", "Comedy"))

@@ -1,7 +1,7 @@
 """Inputs from outside (request bodies, uploaded logs, run config, model folders) cannot make m6rec read
 or write outside its folders or run code. See docs/security.md for what each test pins.
 
-Fast unit tests: the serving :class:`~m6rec.serving.service.Engine` and its pydantic request models on a
+Fast unit tests: the serving :class:`~m6rec.serving.engine.Engine` and its pydantic request models on a
 tiny bundle (no server), the log readers, the warehouse load, the model loaders. File-system and
 code-execution side effects are observed with a Python audit hook (PEP 578) that records events such as
 ``open``, ``os.listdir``, ``subprocess.Popen``, ``exec`` and ``import`` while a request is handled.
@@ -25,23 +25,23 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from m6rec.backbones import BackboneUnavailableError, load_encoder, tiny_encoder
-from m6rec.profiles import get_profile
-from m6rec.recommender import Recommender
-from m6rec.retrieval import SegmentCache
-from m6rec.serving.service import (
+from m6rec.data.sources import read_source
+from m6rec.data.tabular import DataFormatError
+from m6rec.data.warehouse import connect, replace_raw_tables
+from m6rec.models.backbones import BackboneUnavailableError, load_encoder, tiny_encoder
+from m6rec.models.segments import SegmentCache
+from m6rec.serving.engine import Engine
+from m6rec.serving.recommender import Recommender
+from m6rec.serving.schemas import (
     MAX_ID_CHARS,
     MAX_QUERY_CHARS,
-    Engine,
     ExplainRequest,
     RankRequest,
     RecommendRequest,
     SimilarItemsRequest,
 )
-from m6rec.sources import read_source
-from m6rec.tabular import DataFormatError
-from m6rec.textify import Profile, profile_text
-from m6rec.warehouse import connect, replace_raw_tables
+from m6rec.text.textify import Profile, profile_text
+from m6rec.training.profiles import get_profile
 from tests.bundle_fixtures import build_tiny_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

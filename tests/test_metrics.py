@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from m6rec.metrics import (
+from m6rec.evaluation.metrics import (
     catalogue_coverage,
     ctr_metrics,
     intra_list_diversity,

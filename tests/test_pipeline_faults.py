@@ -22,9 +22,8 @@ from tests.test_pipeline_full import _meta, smoke_run  # noqa: F401  (module-sco
 pytestmark = pytest.mark.slow
 
 LAUNCH_TIMEOUT_S = 300
-# What a run that lost the race for the DuckDB lock may say: m6rec.warehouse.connect's message, or DuckDB's
-# own: without the pool, dbt-duckdb opens the file itself and fails at once, without waiting. (Drop the
-# second alternative once the dbt step waits for the lock like the Python steps do.)
+# What a run that lost the race for the DuckDB lock may say: m6rec.data.warehouse.connect's message (the
+# Python steps and the dbt step wait for the lock the same way, then fail with it).
 LOCK_MESSAGES = re.compile(r"is locked by another process for more than")
 EXPECTED_COUNTS = {  # the conftest generic logs, through dbt
     "raw.ratings": 10,

@@ -5,20 +5,17 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from m6rec.backbones import tiny_encoder
-from m6rec.ranking import (
-    CANDIDATE,
-    HISTORY,
-    PROFILE,
-    LateInteractionScorer,
+from m6rec.models.backbones import tiny_encoder
+from m6rec.models.late_interaction import LateInteractionScorer
+from m6rec.models.ranking import (
     RankerConfig,
     TensorBatches,
     ctr_tensors,
     evaluate_ctr,
     new_ranker,
 )
-from m6rec.retrieval import build_segment_cache
-from m6rec.trainer import TrainConfig, Trainer
+from m6rec.models.segments import CANDIDATE, HISTORY, PROFILE, build_segment_cache
+from m6rec.training.trainer import TrainConfig, Trainer
 from tests.synthetic import ctr_frame, synthetic_rec_data
 
 SEGMENTS = [

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec.backbones import tiny_encoder
-from m6rec.ranking import RankerConfig, new_ranker
-from m6rec.recommender import HistoryEvent, Recommender, RecommendQuery, UnknownItemError, save_bundle
-from m6rec.retrieval import RetrieverConfig, build_segment_cache, collate, new_retriever, query_windows
-from m6rec.textify import Profile, TextStyle
+from m6rec.models.backbones import tiny_encoder
+from m6rec.models.ranking import RankerConfig, new_ranker
+from m6rec.models.retrieval import RetrieverConfig, collate, new_retriever, query_windows
+from m6rec.models.segments import build_segment_cache
+from m6rec.serving.bundle import save_bundle
+from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery, UnknownItemError
+from m6rec.text.textify import Profile, TextStyle
 from tests.synthetic import synthetic_rec_data
 
 

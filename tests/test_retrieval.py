@@ -6,20 +6,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from m6rec.backbones import tiny_encoder
-from m6rec.retrieval import (
+from m6rec.models.backbones import tiny_encoder
+from m6rec.models.retrieval import (
     RetrieverConfig,
-    SegmentCache,
-    build_segment_cache,
     collate,
     evaluate_retrieval,
-    gap_buckets,
     new_retriever,
     query_windows,
-    rating_ids,
     training_windows,
 )
-from m6rec.trainer import TrainConfig, Trainer
+from m6rec.models.segments import SegmentCache, build_segment_cache, gap_buckets, rating_ids
+from m6rec.training.trainer import TrainConfig, Trainer
 from tests.synthetic import synthetic_rec_data
 
 
@@ -92,7 +89,7 @@ def test_training_learns_the_next_item_pattern(tmp_path) -> None:
 
 
 def test_zero_shot_report_ranks_cold_items_among_cold_items() -> None:
-    from m6rec.evaluation import zero_shot_report
+    from m6rec.evaluation.zero_shot import zero_shot_report
 
     data, _, model = _setup()
     cold_items = [5, 6, 7, 8]

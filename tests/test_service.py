@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from m6rec.serving.packaging import bento_contents, bento_dir, build_bento, import_bundle
-from m6rec.serving.service import MAX_HISTORY
+from m6rec.serving.schemas import MAX_HISTORY
 from tests.bundle_fixtures import TINY_METRICS, build_tiny_bundle
 
 pytestmark = pytest.mark.slow
@@ -334,7 +334,8 @@ def bento(store: dict) -> dict:
 def test_bentoml_build_packages_code_model_and_dockerfile(bento: dict, store: dict) -> None:
     files = set(bento["files"])
     model_version = store["tag"].split(":")[1]
-    assert {"src/m6rec/serving/service.py", "src/m6rec/recommender.py", "src/m6rec/textify.py"} <= files
+    code = {"service", "engine", "schemas", "middleware", "recommender", "bundle"}
+    assert {f"src/m6rec/serving/{name}.py" for name in code} | {"src/m6rec/text/textify.py"} <= files
     assert {"env/docker/Dockerfile", "env/python/requirements.txt", "bento.yaml", "README.md"} <= files
     assert "src/bentofile.yaml" in files and not [f for f in files if f.startswith("src/tests/")]
     model = f"models/m6rec/{model_version}"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from m6rec.serving.engine import Engine
 from m6rec.serving.packaging import BundleError, import_bundle
-from m6rec.serving.service import (
+from m6rec.serving.schemas import (
     MAX_HISTORY,
-    Engine,
     ExplainRequest,
     RankRequest,
     RecommendRequest,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from m6rec.sources import ML100K_GENRES, detect_format, read_source
-from m6rec.tabular import DataFormatError
+from m6rec.data.sources import ML100K_GENRES, detect_format, read_source
+from m6rec.data.tabular import DataFormatError
 from tests.conftest import INTERACTIONS, ITEMS
 
 

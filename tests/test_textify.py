@@ -1,4 +1,4 @@
-"""Exact wording of the behaviour text (m6rec.textify)."""
+"""Exact wording of the behaviour text (m6rec.text.textify)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from m6rec.textify import (
+from m6rec.text.textify import (
     Event,
     ItemText,
     Profile,

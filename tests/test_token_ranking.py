@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec.backbones import tiny_encoder
-from m6rec.ranking import RankerConfig, new_ranker
-from m6rec.recommender import HistoryEvent, Recommender, save_bundle
-from m6rec.retrieval import RetrieverConfig, build_segment_cache, new_retriever
-from m6rec.textify import Event, Profile, TextStyle, behaviour_segments
-from m6rec.token_ranking import (
+from m6rec.models.backbones import tiny_encoder
+from m6rec.models.late_interaction import (
     CandidateStates,
     TokenRankerConfig,
     example_segments,
@@ -22,7 +18,13 @@ from m6rec.token_ranking import (
     segment_types,
     train_token_ranker,
 )
-from m6rec.trainer import TrainConfig
+from m6rec.models.ranking import RankerConfig, new_ranker
+from m6rec.models.retrieval import RetrieverConfig, new_retriever
+from m6rec.models.segments import build_segment_cache
+from m6rec.serving.bundle import save_bundle
+from m6rec.serving.recommender import HistoryEvent, Recommender
+from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments
+from m6rec.training.trainer import TrainConfig
 from tests.synthetic import ctr_frame, synthetic_rec_data
 
 STYLE = TextStyle(with_popularity=True)
@@ -61,7 +63,7 @@ def test_it_learns_the_synthetic_rating_pattern(trained) -> None:
     data, examples, scorer, _ = trained
     train = examples[examples["split"] == "train"]
     probs = predict_token_ctr(scorer, example_segments(train, data, STYLE, CONFIG.history), CONFIG.max_length)
-    from m6rec.metrics import ctr_metrics
+    from m6rec.evaluation.metrics import ctr_metrics
 
     assert ctr_metrics(train["label"].to_numpy(), probs)["auc"] > 0.7
 

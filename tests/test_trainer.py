@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from m6rec.trainer import TrainConfig, Trainer
+from m6rec.training.trainer import TrainConfig, Trainer
 
 
 def _problem(seed: int = 0):

@@ -1,4 +1,4 @@
-"""Parameter-efficient tuning (m6rec.tuning) on tiny random backbones: parameter counts, what requires
+"""Parameter-efficient tuning (m6rec.models.tuning) on tiny random backbones: parameter counts, what requires
 grad, zero-initialised adapters, soft options, LoRA through peft."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from m6rec import backbones as bb
-from m6rec.tuning import (
+from m6rec.models import backbones as bb
+from m6rec.models.tuning import (
     AdaptedFFN,
     OptionTuningModel,
     apply_tuning,

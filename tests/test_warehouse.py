@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from m6rec.sources import read_source
-from m6rec.tabular import DataFormatError
-from m6rec.warehouse import WarehouseLockedError, connect, replace_raw_tables, table_counts
+from m6rec.data.sources import read_source
+from m6rec.data.tabular import DataFormatError
+from m6rec.data.warehouse import WarehouseLockedError, connect, replace_raw_tables, table_counts
 from tests.conftest import INTERACTIONS
 
 

@@ -1,6 +1,6 @@
 """Packaging: a model bundle -> the BentoML model store -> a Bento (``bentoml build``).
 
-* :func:`import_bundle` copies a bundle folder (written by :func:`m6rec.recommender.save_bundle`, plus
+* :func:`import_bundle` copies a bundle folder (written by :func:`m6rec.serving.bundle.save_bundle`, plus
   any model card / evaluation files the pipeline put beside the artefacts) into the BentoML model store
   as ``m6rec:<version>``; the model's metadata holds the manifest's metrics and a summary of the bundle.
 * :func:`build_bento` runs ``bentoml build`` on the repository's ``bentofile.yaml`` in a subprocess
@@ -40,7 +40,8 @@ REQUIRED_BUNDLE_FILES = (
     "encoder",
 )
 RESERVED_NAMES = ("model.yaml",)  # BentoML's own file in a model folder
-MODEL_TAG_ENV = "M6REC_MODEL_TAG"
+MODEL_TAG_ENV = "M6REC_MODEL_TAG"  # the model the service loads and `bentoml build` packages
+DEFAULT_MODEL_TAG = "m6rec:latest"
 
 
 class BundleError(ValueError):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from m6rec.sources import TABLE_SUFFIXES
+from m6rec.data.sources import TABLE_SUFFIXES
 from orchestration import settings
 from orchestration.defs.quality import ctr_examples_suite, item_catalogue_suite, splits_suite
 

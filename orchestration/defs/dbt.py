@@ -16,7 +16,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from m6rec.warehouse import WarehouseLockedError, connect
+from m6rec.data.warehouse import WarehouseLockedError, connect
 from orchestration import settings
 from orchestration.defs.resources import WarehouseResource
 

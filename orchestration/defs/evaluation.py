@@ -7,13 +7,13 @@ import time
 import dagster as dg
 import numpy as np
 
-from m6rec import evaluation
-from m6rec.backbones import pick_device
-from m6rec.data import load_rec_data
+from m6rec.data.marts import load_rec_data
+from m6rec.evaluation import offline
 from m6rec.files import replace_folder
-from m6rec.recommender import save_bundle
-from m6rec.retrieval import SegmentCache
-from m6rec.token_ranking import load_token_ranker
+from m6rec.models.backbones import pick_device
+from m6rec.models.late_interaction import load_token_ranker
+from m6rec.models.segments import SegmentCache
+from m6rec.serving.bundle import save_bundle
 from orchestration.defs.resources import ModelSettings, WarehouseResource
 from orchestration.defs.training import (
     TEXT_STYLE,
@@ -95,7 +95,7 @@ def offline_evaluation(
     retriever_model, ranker_model = load_trained(data, cache)
     examples = warehouse.read("select * from marts.ctr_examples")
     token = artifact("token_ranker")
-    report = evaluation.evaluate(
+    report = offline.evaluate(
         data,
         retriever_model,
         ranker_model,
@@ -111,9 +111,9 @@ def offline_evaluation(
     manifest["profile"] = profile.name
     manifest["metrics"] = report.to_dict()
     _write(bundle / "evaluation.json", json.dumps(report.to_dict(), indent=2, default=float))
-    _write(bundle / "model_card.md", evaluation.model_card(report, manifest))
+    _write(bundle / "model_card.md", offline.model_card(report, manifest))
     _write(bundle / "manifest.json", json.dumps(manifest, indent=2, default=float))
-    images = evaluation.plots(report)
+    images = offline.plots(report)
     ours = report.retrieval["m6rec retriever"]
     return dg.MaterializeResult(
         metadata={

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from m6rec.movielens import fetch_movielens_100k
-from m6rec.sources import read_source
-from m6rec.warehouse import replace_raw_tables
+from m6rec.data.movielens import fetch_movielens_100k
+from m6rec.data.sources import read_source
+from m6rec.data.warehouse import replace_raw_tables
 from orchestration import settings
 from orchestration.defs.resources import WarehouseResource
 
@@ -16,7 +16,7 @@ RAW_KEYS = {name: dg.AssetKey(["raw", name]) for name in RAW_TABLES}
 
 class IngestConfig(dg.Config):
     """Which logs to load. ``source`` is ``movielens-100k`` (the copy inside the RecBole wheel) or a
-    folder in one of the formats of ``m6rec.sources`` (generic CSV/Parquet, RecBole, u.data)."""
+    folder in one of the formats of ``m6rec.data.sources`` (generic CSV/Parquet, RecBole, u.data)."""
 
     source: str = settings.DEFAULT_SOURCE
     source_format: str = "auto"
@@ -34,7 +34,7 @@ def resolve_source(source: str) -> Path:
             key,
             group_name="ingest",
             kinds={"duckdb"},
-            description=f"Raw {name} as loaded from the behaviour logs (m6rec.sources contract).",
+            description=f"Raw {name} as loaded from the behaviour logs (m6rec.data.sources contract).",
         )
         for name, key in RAW_KEYS.items()
     ],

@@ -54,6 +54,6 @@ def bento(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "build_seconds": round(time.perf_counter() - start, 1),
             "files": len(files),
             "serve_command": f"BENTOML_HOME={settings.bentoml_home()} bentoml serve {bento_tag}",
-            "contents": dg.MetadataValue.md("\n".join(f"- `{f}`" for f in files[:60])),
+            "contents": dg.MetadataValue.md("\n".join(f"- `{f}`" for f in files[:200])),
         }
     )

@@ -9,9 +9,9 @@ import duckdb
 import pandas as pd
 from dagster_dbt import DbtCliResource
 
-from m6rec.backbones import load_causal_lm, load_encoder, tiny_causal_lm, tiny_encoder
-from m6rec.profiles import get_profile
-from m6rec.warehouse import connect
+from m6rec.data.warehouse import connect
+from m6rec.models.backbones import load_causal_lm, load_encoder, tiny_causal_lm, tiny_encoder
+from m6rec.training.profiles import get_profile
 from orchestration import settings
 
 

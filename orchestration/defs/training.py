@@ -10,12 +10,13 @@ import dagster as dg
 import pandas as pd
 import torch
 
-from m6rec.data import load_rec_data
+from m6rec.data.marts import load_rec_data
 from m6rec.files import replace_folder
-from m6rec.ranking import RankerConfig, train_ranker
-from m6rec.retrieval import RetrieverConfig, SegmentCache, build_segment_cache, train_retriever
-from m6rec.textify import TextStyle
-from m6rec.trainer import TrainConfig, result_metadata
+from m6rec.models.ranking import RankerConfig, train_ranker
+from m6rec.models.retrieval import RetrieverConfig, train_retriever
+from m6rec.models.segments import SegmentCache, build_segment_cache
+from m6rec.text.textify import TextStyle
+from m6rec.training.trainer import TrainConfig, result_metadata
 from orchestration import settings
 from orchestration.defs.resources import ModelSettings, WarehouseResource
 
@@ -156,7 +157,7 @@ def token_ranker(
     """Token-level fine-tuning (profiles ``full`` and ``smoke``): the encoder itself, trained as a
     late-interaction CTR scorer over the behaviour text's segments, early-stopped on valid AUC. The CPU
     ``default`` profile leaves it out (the pooled ``ranker`` serves instead)."""
-    from m6rec.token_ranking import save_token_ranker, train_token_ranker
+    from m6rec.models.late_interaction import save_token_ranker, train_token_ranker
 
     model_settings.apply_threads()
     profile = model_settings.resolved()
@@ -202,8 +203,8 @@ def token_ranker(
 
 def load_trained(data, cache):
     """The retriever and ranker as the training assets left them."""
-    from m6rec.ranking import new_ranker
-    from m6rec.retrieval import new_retriever
+    from m6rec.models.ranking import new_ranker
+    from m6rec.models.retrieval import new_retriever
 
     ret = new_retriever(
         RetrieverConfig(**json.loads(artifact("retriever", "config.json").read_text())), data, cache
@@ -225,9 +226,9 @@ def explainer(
 ) -> dg.MaterializeResult:
     """The instruct causal LM used zero-shot (no tuning on CPU): its Yes/No like-probability AUC on a
     sample of valid-split CTR examples and a few "... because" explanations, saved for the bundle."""
-    from m6rec.data import events_of
-    from m6rec.generation import ctr_behaviour_texts, explain, like_probabilities, like_prompts
-    from m6rec.metrics import ctr_metrics
+    from m6rec.data.marts import events_of
+    from m6rec.evaluation.metrics import ctr_metrics
+    from m6rec.models.generation import ctr_behaviour_texts, explain, like_probabilities, like_prompts
 
     model_settings.apply_threads()
     out = artifact("explainer")

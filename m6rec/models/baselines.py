@@ -1,7 +1,7 @@
 """Reference recommenders evaluated on the same splits as the language models: Pop, ItemKNN, SASRec.
 
 Every baseline has ``fit(train_sequences, n_items)`` and ``score(histories) -> [n_users, n_items]``
-over catalogue ``item_idx``; history exclusion and ranking are left to :mod:`m6rec.metrics`, so
+over catalogue ``item_idx``; history exclusion and ranking are left to :mod:`m6rec.evaluation.metrics`, so
 all models are ranked by one piece of code.
 """
 
@@ -18,8 +18,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from m6rec.evaluation_data import EvalInputs
-from m6rec.metrics import rank_of_targets, ranking_metrics
+from m6rec.data.eval_inputs import EvalInputs
+from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from m6rec.ranking import RankerConfig
-from m6rec.retrieval import RetrieverConfig
-from m6rec.token_ranking import TokenRankerConfig
+from m6rec.models.late_interaction import TokenRankerConfig
+from m6rec.models.ranking import RankerConfig
+from m6rec.models.retrieval import RetrieverConfig
 
 
 @dataclass(frozen=True)
-class Profile:
+class TrainingProfile:
+    """What every model of one pipeline run trains with (the ``model_settings.profile`` resource setting)."""
+
     name: str
     encoder: str
     retriever: RetrieverConfig
@@ -38,7 +40,7 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(
+    "smoke": TrainingProfile(
         name="smoke",
         encoder="tiny",
         retriever=RetrieverConfig(dim=32, heads=2, max_len=20),
@@ -54,7 +56,7 @@ PROFILES = {
             top_k=1, history=5, max_length=32, lr=1e-3, batch_size=8, max_steps=20, max_train_examples=400
         ),
     ),
-    "default": Profile(
+    "default": TrainingProfile(
         name="default",
         encoder="minilm",
         retriever=RetrieverConfig(),
@@ -66,7 +68,7 @@ PROFILES = {
         budget_s=300,
         sasrec_budget_s=180,
     ),
-    "full": Profile(
+    "full": TrainingProfile(
         name="full",
         encoder="minilm",
         retriever=RetrieverConfig(dim=256, layers=3, heads=8, max_len=100),
@@ -83,7 +85,7 @@ PROFILES = {
 }
 
 
-def get_profile(name: str, **overrides) -> Profile:
+def get_profile(name: str, **overrides) -> TrainingProfile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]

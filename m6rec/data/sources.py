@@ -2,7 +2,7 @@
 and the generic CSV/Parquet format users bring their own logs in.
 
 Each reader returns a :class:`RawDataset` in the raw data contract (DESIGN.md §3) or raises
-:class:`~m6rec.tabular.DataFormatError` naming the file, line, column and value.
+:class:`~m6rec.data.tabular.DataFormatError` naming the file, line, column and value.
 
 Generic format (a folder):
   ``interactions*.csv|tsv|parquet``  user_id, item_id, timestamp (Unix seconds or ISO-8601)[, rating]
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from m6rec.tabular import (
+from m6rec.data.tabular import (
     LINE,
     DataFormatError,
     Table,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from m6rec.textify import Event, ItemText, Profile
-from m6rec.warehouse import connect
+from m6rec.text.textify import Event, ItemText, Profile
+from m6rec.data.warehouse import connect
 
 SPLIT_ORDER = ("train", "valid", "test")
 

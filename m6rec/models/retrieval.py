@@ -2,20 +2,20 @@
 with a temperature-scaled softmax (contrastive) loss.
 
 Item segments (``item_text``) and profile segments (``profile_text``) are run once through the frozen
-lower encoder and cached (:class:`SegmentCache`); the towers train over those cached states, which is
-what makes training fit a CPU (DESIGN.md §4). The item tower is a projection of the item's text
-state, plus an optional per-item ID embedding and a popularity embedding; an item without an ID row
-(never seen in training) falls back to its text alone, so unseen items can be retrieved. The user
-tower runs a small causal transformer over the profile segment and the history segments (item state
-+ rating + time gap), trained to predict every next item of every training window (all items are the
-softmax's classes; in-batch negatives replace them for catalogues past ``full_softmax_max_items``).
+lower encoder and cached (:class:`~m6rec.models.segments.SegmentCache`); the towers train over those
+cached states, which is what makes training fit a CPU (DESIGN.md §4). The item tower is a projection
+of the item's text state, plus an optional per-item ID embedding and a popularity embedding; an item
+without an ID row (never seen in training) falls back to its text alone, so unseen items can be
+retrieved. The user tower runs a small causal transformer over the profile segment and the history
+segments (item state + rating + time gap), trained to predict every next item of every training
+window (all items are the softmax's classes; in-batch negatives replace them for catalogues past
+``full_softmax_max_items``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,88 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from m6rec.backbones import Encoder
-from m6rec.data import RecData
-from m6rec.metrics import rank_of_targets, ranking_metrics
-from m6rec.textify import TextStyle, item_text, profile_text
-from m6rec.trainer import TrainConfig, Trainer, TrainResult
-
-N_GAP_BUCKETS = 16
-N_POP_BUCKETS = 10
-N_RATING_IDS = 12  # 0-10 rounded ratings, 11 = unrated
-
-
-# --- cached segment states --------------------------------------------------------------------------
-
-
-@dataclass
-class SegmentCache:
-    """The frozen encoder's pooled states of every item text and profile text."""
-
-    item_states: torch.Tensor  # [n_items, H]
-    profile_states: torch.Tensor  # [n_users, H]
-    encoder_name: str
-    style: dict
-
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
-            {
-                "item_states": self.item_states,
-                "profile_states": self.profile_states,
-                "encoder_name": self.encoder_name,
-                "style": self.style,
-            },
-            tmp,
-        )
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SegmentCache:
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
-
-
-def build_segment_cache(
-    encoder: Encoder, data: RecData, style: TextStyle | None = None, batch_size: int = 64
-) -> SegmentCache:
-    """Run every item and profile segment through the encoder once (mean-pooled, L2-normalised)."""
-    style = style or TextStyle(with_popularity=True)
-    items = [item_text(t, style) for t in data.item_texts()]
-    profiles = [profile_text(p) for p in data.profiles()]
-    return SegmentCache(
-        item_states=encoder.encode(items, batch_size=batch_size, max_length=64),
-        profile_states=encoder.encode(profiles, batch_size=batch_size, max_length=32),
-        encoder_name=encoder.name,
-        style=asdict(style),
-    )
-
-
-# --- features ---------------------------------------------------------------------------------------
-
-
-def rating_ids(ratings: np.ndarray) -> np.ndarray:
-    r = np.asarray(ratings, dtype=float)
-    out = np.clip(np.rint(np.nan_to_num(r, nan=0.0)), 0, 10).astype(np.int64)
-    out[np.isnan(r)] = N_RATING_IDS - 1
-    return out
-
-
-def gap_buckets(ts: np.ndarray) -> np.ndarray:
-    """Log2 buckets of the time since the previous event (first event: bucket 0)."""
-    ts = np.asarray(ts, dtype=np.int64)
-    gaps = np.diff(ts, prepend=ts[:1]).clip(min=0) / 3600.0  # hours
-    return np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int64), N_GAP_BUCKETS - 1)
-
-
-def popularity_buckets(data: RecData) -> torch.Tensor:
-    """Deciles of train popularity (0 = top 10%); items never seen in training get their own bucket."""
-    pct = data.items["popularity_percentile"].to_numpy(dtype=float)
-    seen = data.items["n_train_interactions"].to_numpy() > 0
-    buckets = np.minimum((pct - 1) // 10, N_POP_BUCKETS - 1).astype(np.int64)
-    buckets[~seen] = N_POP_BUCKETS
-    return torch.as_tensor(buckets)
-
+from m6rec.data.marts import RecData
+from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
+from m6rec.models.segments import (
+    CachedSegmentModel,
+    SegmentCache,
+    gap_buckets,
+    popularity_buckets,
+    rating_ids,
+    segment_transformer,
+)
+from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 
 # --- the model ----------------------------------------------------------------------------------------
 
@@ -126,35 +55,6 @@ class RetrieverConfig:
     full_softmax_max_items: int = 200_000  # larger catalogues (or 0) train on in-batch negatives
     hard_negatives: int = 0  # in-batch mode: add each query's top-N items from a random pool of items
     negative_pool: int = 4096
-
-
-class CachedSegmentModel(nn.Module):
-    """What the retriever and the ranker share: the cached segment states (buffers, saved with the
-    weights) and the embeddings that turn an item or profile state into a model-width segment."""
-
-    def __init__(
-        self, dim: int, cache: SegmentCache, pop_buckets: torch.Tensor, has_id: torch.Tensor
-    ) -> None:
-        super().__init__()
-        n_items, text_dim = cache.item_states.shape
-        self.register_buffer("item_states", cache.item_states.float().clone())
-        self.register_buffer("profile_states", cache.profile_states.float().clone())
-        self.register_buffer("pop_buckets", pop_buckets.long().clone())
-        self.register_buffer("has_id", has_id.bool().clone())
-        self.item_proj = nn.Linear(text_dim, dim)
-        self.profile_proj = nn.Linear(text_dim, dim)
-        self.id_emb = nn.Embedding(n_items, dim)
-        nn.init.normal_(self.id_emb.weight, std=0.02)
-        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, dim)
-        self.rating_emb = nn.Embedding(N_RATING_IDS, dim)
-        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, dim)
-
-
-def segment_transformer(dim: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
-    )
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 class SequentialRetriever(CachedSegmentModel):

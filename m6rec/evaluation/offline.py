@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from m6rec.baselines import ItemKNN, Popularity, SASRecBaseline
-from m6rec.data import RecData
-from m6rec.evaluation_data import build_eval_inputs
-from m6rec.metrics import (
+from m6rec.data.eval_inputs import build_eval_inputs
+from m6rec.data.marts import RecData
+from m6rec.evaluation.metrics import (
     catalogue_coverage,
     ctr_metrics,
     intra_list_diversity,
@@ -29,10 +28,16 @@ from m6rec.metrics import (
     ranking_metrics,
     topk,
 )
-from m6rec.ranking import LateInteractionScorer, SegmentRanker, ctr_tensors, predict_ctr
-from m6rec.retrieval import SequentialRetriever, evaluate_retrieval, query_windows, score_windows
-from m6rec.textify import TextStyle
-from m6rec.token_ranking import TokenRankerConfig, example_segments, predict_token_ctr
+from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline
+from m6rec.models.late_interaction import (
+    LateInteractionScorer,
+    TokenRankerConfig,
+    example_segments,
+    predict_token_ctr,
+)
+from m6rec.models.ranking import SegmentRanker, ctr_tensors, predict_ctr
+from m6rec.models.retrieval import SequentialRetriever, evaluate_retrieval, query_windows, score_windows
+from m6rec.text.textify import TextStyle
 
 KS = (10, 20, 50)
 TABLE_COLUMNS = [
@@ -193,19 +198,6 @@ def evaluate(
     return report
 
 
-def _tuned_itemknn(test, valid) -> ItemKNN:
-    """ItemKNN with k and shrinkage picked on the valid split (a fair, cheap baseline: ~1 s per fit)."""
-    best, best_ndcg = None, -1.0
-    for k in (10, 50, 100):
-        for shrink in (0.0, 10.0):
-            model = ItemKNN(k=k, shrink=shrink).fit(valid.train_sequences, valid.n_items)
-            ranks = rank_of_targets(model.score(valid.histories), valid.targets, valid.histories)
-            ndcg = ranking_metrics(ranks)["ndcg@10"]
-            if ndcg > best_ndcg:
-                best, best_ndcg = ItemKNN(k=k, shrink=shrink), ndcg
-    return best
-
-
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -265,36 +257,3 @@ def model_card(report: EvaluationReport, manifest: dict[str, Any]) -> str:
             "scored from their text alone. Offline metrics on one split are not online outcomes.",
         ]
     )
-
-
-def zero_shot_report(
-    retriever: SequentialRetriever, data: RecData, ks: tuple[int, ...] = (10, 50)
-) -> dict[str, float]:
-    """Held-out cold items (never in training, no ID row): each cold interaction's item ranked among all
-    cold items from the user's earlier warm history; random ranking gets HR@K = K / n_cold."""
-    cold = np.flatnonzero(data.items["is_cold"].to_numpy())
-    if not len(cold) or not (data.events["split"] == "cold").any():
-        return {}
-    windows, targets, _ = query_windows(data, "cold", retriever.config.max_len)
-    scores = score_windows(retriever, windows)[:, cold]
-    position = {item: i for i, item in enumerate(cold)}
-    ranks = rank_of_targets(scores, np.asarray([position[t] for t in targets]), None)
-    text_scores = _history_text_similarity(retriever, windows)[:, cold]
-    text_ranks = rank_of_targets(text_scores, np.asarray([position[t] for t in targets]), None)
-    out = {"n_cold_items": float(len(cold)), "n_cold_events": float(len(targets))}
-    for k in ks:
-        out[f"hr@{k}"] = float(np.mean(ranks <= k))
-        out[f"hr@{k}_untrained_text_similarity"] = float(np.mean(text_ranks <= k))
-        out[f"hr@{k}_random"] = min(1.0, k / len(cold))
-    return out
-
-
-def _history_text_similarity(retriever: SequentialRetriever, windows) -> np.ndarray:
-    """A training-free baseline: cosine of the mean history text state with each item's text state."""
-    states = retriever.item_states.cpu().numpy()
-    out = np.zeros((len(windows), states.shape[0]), dtype=np.float32)
-    for i, w in enumerate(windows):
-        if len(w.items):
-            query = states[w.items].mean(0)
-            out[i] = states @ (query / (np.linalg.norm(query) + 1e-12))
-    return out

@@ -1,14 +1,18 @@
-"""The token-level CTR ranker (the ``full`` profile): the encoder itself fine-tuned as a
-:class:`~m6rec.ranking.LateInteractionScorer` over the behaviour text's segments.
+"""Token-level late interaction: the encoder itself as a multi-segment CTR scorer (the ``full`` profile).
 
-Training and serving build the segments with the same function, :func:`m6rec.textify.behaviour_segments`
-(profile, one segment per history event, the question about the candidate). The question segment of
-every catalogue item is run through the lower ``L - k`` layers once after training and cached per
-pronoun (:class:`CandidateStates`); a request runs its context segments through the lower layers once
-and only the top ``k`` layers per candidate.
+:class:`LateInteractionScorer` runs a Hugging Face BERT-style encoder's lower ``L - k`` layers per
+segment (profile, each history event, the question about the candidate) and the top ``k`` over their
+concatenation, with learned segment-type embeddings; with ``k = L`` it is the full cross-encoder (every
+layer sees every token), which the tests check. :func:`train_token_ranker` fine-tunes every encoder
+weight this way.
+
+Training and serving build the segments with the same function, :func:`m6rec.text.textify.behaviour_segments`.
+The question segment of every catalogue item is run through the lower ``L - k`` layers once after
+training and cached per pronoun (:class:`CandidateStates`); a request runs its context segments through
+the lower layers once and only the top ``k`` layers per candidate.
 
 This is a GPU job at full size (every step runs the whole encoder over ~12 segments per example); the
-CPU profiles use the pooled :class:`~m6rec.ranking.SegmentRanker` instead.
+CPU profiles use the pooled :class:`~m6rec.models.ranking.SegmentRanker` instead.
 """
 
 from __future__ import annotations
@@ -23,15 +27,120 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
-from m6rec.backbones import Encoder, load_encoder
-from m6rec.data import RecData, events_of
+from m6rec.data.marts import RecData, events_of
+from m6rec.evaluation.metrics import ctr_metrics
 from m6rec.files import replace_folder
-from m6rec.metrics import ctr_metrics
-from m6rec.ranking import CANDIDATE, HISTORY, PROFILE, LateInteractionScorer
-from m6rec.textify import PRONOUNS, ItemText, TextStyle, behaviour_segments, question_text
-from m6rec.trainer import TrainConfig, Trainer, TrainResult
+from m6rec.models.backbones import Encoder, load_encoder
+from m6rec.models.segments import CANDIDATE, HISTORY, PROFILE
+from m6rec.text.textify import PRONOUNS, ItemText, TextStyle, behaviour_segments, question_text
+from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
+
+# --- the scorer ---------------------------------------------------------------------------------------
+
+
+class LateInteractionScorer(nn.Module):
+    """Lower ``L - top_k`` encoder layers per segment, top ``top_k`` over the concatenation."""
+
+    def __init__(self, encoder: Encoder, top_k: int) -> None:
+        super().__init__()
+        if not 0 <= top_k <= encoder.num_layers:
+            raise ValueError(f"top_k must be in 0..{encoder.num_layers}, got {top_k}")
+        self.bert = encoder.model
+        self.tokenizer = encoder.tokenizer
+        self.top_k = top_k
+        self.split = encoder.num_layers - top_k
+        hidden = encoder.hidden_size
+        self.segment_emb = nn.Embedding(3, hidden)
+        nn.init.zeros_(self.segment_emb.weight)
+        self.head = nn.Linear(hidden, 1)
+
+    def _layers(
+        self, hidden: torch.Tensor, mask2d: torch.Tensor, layers: Sequence[nn.Module]
+    ) -> torch.Tensor:
+        if not layers:
+            return hidden
+        mask, _ = self.bert._create_attention_masks(
+            attention_mask=mask2d,
+            encoder_attention_mask=None,
+            embedding_output=hidden,
+            encoder_hidden_states=None,
+            cache=None,
+        )
+        for layer in layers:
+            out = layer(hidden, mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-segment states after the lower layers (the cacheable part): [N, T, H]."""
+        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        return self._layers(hidden, attention_mask, self.bert.encoder.layer[: self.split])
+
+    def upper(self, states: list[torch.Tensor], types: list[list[int]]) -> torch.Tensor:
+        """Concatenate each example's segment states (already unpadded), add segment-type embeddings,
+        run the top layers and score the candidate: one logit per example."""
+        seqs, type_ids, cand = [], [], []
+        for segs, kinds in zip(states, types, strict=True):
+            seqs.append(torch.cat(segs))
+            type_ids.append(
+                torch.cat(
+                    [torch.full((len(s),), k, dtype=torch.long) for s, k in zip(segs, kinds, strict=True)]
+                )
+            )
+            cand.append(type_ids[-1] == CANDIDATE)
+        hidden = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        device = hidden.device
+        mask = nn.utils.rnn.pad_sequence(
+            [torch.ones(len(s), dtype=torch.long) for s in seqs], batch_first=True
+        ).to(device)
+        types_t = nn.utils.rnn.pad_sequence(type_ids, batch_first=True).to(device)
+        cand_mask = nn.utils.rnn.pad_sequence(cand, batch_first=True).to(device).float()
+        hidden = hidden + self.segment_emb(types_t)
+        hidden = self._layers(hidden, mask, self.bert.encoder.layer[self.split :])
+        pooled = (hidden * cand_mask[..., None]).sum(1) / cand_mask.sum(1, keepdim=True).clamp(min=1)
+        return self.head(pooled).squeeze(-1)
+
+    def encode_segments(self, texts: Sequence[str], max_length: int = 64) -> list[torch.Tensor]:
+        """Lower-layer states of each text, unpadded (what gets cached for items)."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        device = self.head.weight.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        states = self.lower(ids, mask)
+        return [states[i, : int(mask[i].sum())] for i in range(len(texts))]
+
+    def forward(
+        self, examples: Sequence[Sequence[str]], types: Sequence[Sequence[int]], max_length: int = 64
+    ) -> torch.Tensor:
+        """Score examples given as segment texts (nothing cached): the training path."""
+        flat = [t for ex in examples for t in ex]
+        states = self.encode_segments(flat, max_length)
+        grouped, start = [], 0
+        for ex in examples:
+            grouped.append(states[start : start + len(ex)])
+            start += len(ex)
+        return self.upper(grouped, [list(t) for t in types])
+
+    @torch.no_grad()
+    def rank_candidates(
+        self,
+        context: Sequence[str],
+        context_types: Sequence[int],
+        candidate_states: Sequence[torch.Tensor],
+        max_length: int = 64,
+    ) -> torch.Tensor:
+        """Serving path: context segments through the lower layers once, cached candidate states,
+        top layers for each (context + candidate) pair. Returns one logit per candidate."""
+        context_states = self.encode_segments(context, max_length)
+        kinds = [*context_types, CANDIDATE]
+        return self.upper([[*context_states, c] for c in candidate_states], [kinds] * len(candidate_states))
+
+
+# --- token-level fine-tuning --------------------------------------------------------------------------
 
 
 @dataclass

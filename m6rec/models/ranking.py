@@ -5,16 +5,15 @@ and the candidate are separate segments; the lower layers run per segment (so it
 computed once, offline, and cached) and only the top layers run at request time, over the
 concatenation of the segments with learned segment-type embeddings.
 
-- :class:`LateInteractionScorer` does this at token level on a Hugging Face BERT-style encoder:
-  the lower ``L - k`` layers per segment, the top ``k`` over the concatenation. With ``k = L`` it is
-  the full cross-encoder (every layer sees every token), which the tests check.
-- :class:`SegmentRanker` is the CPU profile: the whole frozen encoder runs per segment (pooled,
-  cached in :class:`~m6rec.retrieval.SegmentCache`) and a small trained transformer interacts them.
+- :class:`SegmentRanker` (here) is the CPU profile: the whole frozen encoder runs per segment (pooled,
+  cached in :class:`~m6rec.models.segments.SegmentCache`) and a small trained transformer interacts them.
+- :class:`~m6rec.models.late_interaction.LateInteractionScorer` does this at token level on the encoder
+  itself (the ``full`` profile).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,131 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from m6rec.backbones import Encoder
-from m6rec.data import RecData
-from m6rec.metrics import ctr_metrics
-from m6rec.retrieval import (
-    N_GAP_BUCKETS,
+from m6rec.data.marts import RecData
+from m6rec.evaluation.metrics import ctr_metrics
+from m6rec.models.segments import (
+    CANDIDATE,
+    HISTORY,
+    PROFILE,
     CachedSegmentModel,
     SegmentCache,
+    gaps_before,
     popularity_buckets,
     rating_ids,
     segment_transformer,
 )
-from m6rec.trainer import TrainConfig, Trainer, TrainResult
-
-PROFILE, HISTORY, CANDIDATE = 0, 1, 2
-
-
-# --- token-level late interaction ---------------------------------------------------------------------
-
-
-@dataclass
-class TokenSegments:
-    """One example's segments as token ids (each segment tokenised on its own, with its own positions)."""
-
-    input_ids: list[torch.Tensor]
-    types: list[int]  # PROFILE / HISTORY / CANDIDATE per segment
-
-
-class LateInteractionScorer(nn.Module):
-    """Lower ``L - top_k`` encoder layers per segment, top ``top_k`` over the concatenation."""
-
-    def __init__(self, encoder: Encoder, top_k: int) -> None:
-        super().__init__()
-        if not 0 <= top_k <= encoder.num_layers:
-            raise ValueError(f"top_k must be in 0..{encoder.num_layers}, got {top_k}")
-        self.bert = encoder.model
-        self.tokenizer = encoder.tokenizer
-        self.top_k = top_k
-        self.split = encoder.num_layers - top_k
-        hidden = encoder.hidden_size
-        self.segment_emb = nn.Embedding(3, hidden)
-        nn.init.zeros_(self.segment_emb.weight)
-        self.head = nn.Linear(hidden, 1)
-
-    def _layers(
-        self, hidden: torch.Tensor, mask2d: torch.Tensor, layers: Sequence[nn.Module]
-    ) -> torch.Tensor:
-        if not layers:
-            return hidden
-        mask, _ = self.bert._create_attention_masks(
-            attention_mask=mask2d,
-            encoder_attention_mask=None,
-            embedding_output=hidden,
-            encoder_hidden_states=None,
-            cache=None,
-        )
-        for layer in layers:
-            out = layer(hidden, mask)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
-
-    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-segment states after the lower layers (the cacheable part): [N, T, H]."""
-        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-        return self._layers(hidden, attention_mask, self.bert.encoder.layer[: self.split])
-
-    def upper(self, states: list[torch.Tensor], types: list[list[int]]) -> torch.Tensor:
-        """Concatenate each example's segment states (already unpadded), add segment-type embeddings,
-        run the top layers and score the candidate: one logit per example."""
-        seqs, type_ids, cand = [], [], []
-        for segs, kinds in zip(states, types, strict=True):
-            seqs.append(torch.cat(segs))
-            type_ids.append(
-                torch.cat(
-                    [torch.full((len(s),), k, dtype=torch.long) for s, k in zip(segs, kinds, strict=True)]
-                )
-            )
-            cand.append(type_ids[-1] == CANDIDATE)
-        hidden = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        device = hidden.device
-        mask = nn.utils.rnn.pad_sequence(
-            [torch.ones(len(s), dtype=torch.long) for s in seqs], batch_first=True
-        ).to(device)
-        types_t = nn.utils.rnn.pad_sequence(type_ids, batch_first=True).to(device)
-        cand_mask = nn.utils.rnn.pad_sequence(cand, batch_first=True).to(device).float()
-        hidden = hidden + self.segment_emb(types_t)
-        hidden = self._layers(hidden, mask, self.bert.encoder.layer[self.split :])
-        pooled = (hidden * cand_mask[..., None]).sum(1) / cand_mask.sum(1, keepdim=True).clamp(min=1)
-        return self.head(pooled).squeeze(-1)
-
-    def encode_segments(self, texts: Sequence[str], max_length: int = 64) -> list[torch.Tensor]:
-        """Lower-layer states of each text, unpadded (what gets cached for items)."""
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        device = self.head.weight.device
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        states = self.lower(ids, mask)
-        return [states[i, : int(mask[i].sum())] for i in range(len(texts))]
-
-    def forward(
-        self, examples: Sequence[Sequence[str]], types: Sequence[Sequence[int]], max_length: int = 64
-    ) -> torch.Tensor:
-        """Score examples given as segment texts (nothing cached): the training path."""
-        flat = [t for ex in examples for t in ex]
-        states = self.encode_segments(flat, max_length)
-        grouped, start = [], 0
-        for ex in examples:
-            grouped.append(states[start : start + len(ex)])
-            start += len(ex)
-        return self.upper(grouped, [list(t) for t in types])
-
-    @torch.no_grad()
-    def rank_candidates(
-        self,
-        context: Sequence[str],
-        context_types: Sequence[int],
-        candidate_states: Sequence[torch.Tensor],
-        max_length: int = 64,
-    ) -> torch.Tensor:
-        """Serving path: context segments through the lower layers once, cached candidate states,
-        top layers for each (context + candidate) pair. Returns one logit per candidate."""
-        context_states = self.encode_segments(context, max_length)
-        kinds = [*context_types, CANDIDATE]
-        return self.upper([[*context_states, c] for c in candidate_states], [kinds] * len(candidate_states))
-
+from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 
 # --- pooled-segment ranker (the CPU profile) ---------------------------------------------------------
 
@@ -255,12 +143,6 @@ def new_ranker(config: RankerConfig, data: RecData, cache: SegmentCache) -> Segm
 
 
 # --- CTR examples -------------------------------------------------------------------------------------
-
-
-def gaps_before(history_ts: np.ndarray, target_ts: int) -> np.ndarray:
-    """Log2 buckets of how many hours before the candidate each history event happened."""
-    hours = (target_ts - np.asarray(history_ts, dtype=np.int64)).clip(min=0) / 3600.0
-    return np.minimum(np.floor(np.log2(hours + 1.0)), N_GAP_BUCKETS - 1).astype(np.int64)
 
 
 def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor]:

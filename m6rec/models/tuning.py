@@ -1,7 +1,7 @@
 """Parameter-efficient tuning, chosen by config: option tuning (M6-Rec), LoRA (peft) or full fine-tuning.
 
-:func:`apply_tuning` takes a Hugging Face model (or an :class:`~m6rec.backbones.CausalLM` /
-:class:`~m6rec.backbones.Encoder` container) and returns the module to train plus a
+:func:`apply_tuning` takes a Hugging Face model (or an :class:`~m6rec.models.backbones.CausalLM` /
+:class:`~m6rec.models.backbones.Encoder` container) and returns the module to train plus a
 :class:`TuningReport` with the trainable-parameter counts.
 
 Option tuning (M6-Rec, Cui et al. 2022) — :class:`OptionTuningModel`:

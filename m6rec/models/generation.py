@@ -1,8 +1,8 @@
 """The causal LM as a recommender: Yes/No like-scoring (TALLRec), few-shot tuning of that head,
 explanations ("... because") and zero-shot ranking by sentence likelihood.
 
-Every prompt starts from the textify behaviour text (:func:`m6rec.textify.behaviour_text` /
-:func:`~m6rec.textify.user_query_text`), so training and serving share one wording.
+Every prompt starts from the textify behaviour text (:func:`m6rec.text.textify.behaviour_text` /
+:func:`~m6rec.text.textify.user_query_text`), so training and serving share one wording.
 
 * **Like-scoring** — the behaviour text ("A 24-year-old male technician. ... Will he like Heat
   (1995; ...)?") is the user turn of the model's chat template, after a short task instruction as
@@ -12,7 +12,7 @@ Every prompt starts from the textify behaviour text (:func:`m6rec.textify.behavi
 * **Few-shot tuning** (:func:`finetune_like_head`) — LoRA (cross-entropy over the ``No``/``Yes``
   logits), option tuning (cross-entropy over the two soft options, initialised from the ``No`` and
   ``Yes`` embeddings) or full fine-tuning, on a few labelled prompts, through
-  :class:`m6rec.trainer.Trainer`.
+  :class:`m6rec.training.trainer.Trainer`.
 * **Explanations** (:func:`explain`) — the assistant turn is pre-filled with "Yes. He will like
   <item> because" and the model continues it (greedy or sampled, bounded new tokens). The prompt
   holds the user's profile and history, which is what grounds the explanation.
@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m6rec.backbones import CausalLM
-from m6rec.textify import (
+from m6rec.models.backbones import CausalLM
+from m6rec.models.tuning import OptionTuningModel, TuningReport, apply_tuning
+from m6rec.text.textify import (
     DEFAULT_STYLE,
     Event,
     ItemText,
@@ -47,8 +48,7 @@ from m6rec.textify import (
     pronoun,
     user_query_text,
 )
-from m6rec.trainer import TrainConfig, Trainer, TrainResult
-from m6rec.tuning import OptionTuningModel, TuningReport, apply_tuning
+from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "DEFAULT_EXPLAIN_INSTRUCTION",
@@ -208,7 +208,7 @@ def like_logits(
 ) -> torch.Tensor:
     """``[batch, 2]`` logits of (No, Yes), keeping the autograd graph: the next-token logits of the
     ``No``/``Yes`` tokens at the last position for an LM (plain or peft), or the two soft-option logits
-    of an :class:`~m6rec.tuning.OptionTuningModel` (options ordered No, Yes)."""
+    of an :class:`~m6rec.models.tuning.OptionTuningModel` (options ordered No, Yes)."""
     if isinstance(model, OptionTuningModel):
         logits = model(input_ids, attention_mask)
         if logits.shape[-1] != 2:
@@ -318,7 +318,7 @@ def finetune_like_head(
     early-stops on its AUC and keeps the best weights; without one, the last weights are kept."""
     import time
 
-    from m6rec.metrics import ctr_metrics
+    from m6rec.evaluation.metrics import ctr_metrics
 
     start = time.perf_counter()
     settings = dict(config.tuning)

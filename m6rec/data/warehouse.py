@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from m6rec.sources import RawDataset
+from m6rec.data.sources import RawDataset
 
 RAW_SCHEMA = "raw"
 RAW_DDL = {

@@ -1,0 +1,137 @@
+"""What retrieval and ranking share: the cached segment states and the features built on them.
+
+The frozen encoder runs once over every item text and every profile text (mean-pooled,
+L2-normalised): :class:`SegmentCache`. Both the retriever (:mod:`m6rec.models.retrieval`) and the
+pooled ranker (:mod:`m6rec.models.ranking`) are a :class:`CachedSegmentModel`: those states as buffers,
+plus the embeddings that turn a state into a model-width segment and the buckets every history segment
+carries (the rating given, the time gap, the item's train popularity). The segment types (profile,
+history, candidate) are shared with the token-level scorer in :mod:`m6rec.models.late_interaction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from m6rec.data.marts import RecData
+from m6rec.models.backbones import Encoder
+from m6rec.text.textify import TextStyle, item_text, profile_text
+
+N_GAP_BUCKETS = 16
+N_POP_BUCKETS = 10
+N_RATING_IDS = 12  # 0-10 rounded ratings, 11 = unrated
+PROFILE, HISTORY, CANDIDATE = 0, 1, 2  # segment types
+
+
+# --- cached segment states --------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentCache:
+    """The frozen encoder's pooled states of every item text and profile text."""
+
+    item_states: torch.Tensor  # [n_items, H]
+    profile_states: torch.Tensor  # [n_users, H]
+    encoder_name: str
+    style: dict
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(
+            {
+                "item_states": self.item_states,
+                "profile_states": self.profile_states,
+                "encoder_name": self.encoder_name,
+                "style": self.style,
+            },
+            tmp,
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmentCache:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+def build_segment_cache(
+    encoder: Encoder, data: RecData, style: TextStyle | None = None, batch_size: int = 64
+) -> SegmentCache:
+    """Run every item and profile segment through the encoder once (mean-pooled, L2-normalised)."""
+    style = style or TextStyle(with_popularity=True)
+    items = [item_text(t, style) for t in data.item_texts()]
+    profiles = [profile_text(p) for p in data.profiles()]
+    return SegmentCache(
+        item_states=encoder.encode(items, batch_size=batch_size, max_length=64),
+        profile_states=encoder.encode(profiles, batch_size=batch_size, max_length=32),
+        encoder_name=encoder.name,
+        style=asdict(style),
+    )
+
+
+# --- features ---------------------------------------------------------------------------------------
+
+
+def rating_ids(ratings: np.ndarray) -> np.ndarray:
+    r = np.asarray(ratings, dtype=float)
+    out = np.clip(np.rint(np.nan_to_num(r, nan=0.0)), 0, 10).astype(np.int64)
+    out[np.isnan(r)] = N_RATING_IDS - 1
+    return out
+
+
+def gap_buckets(ts: np.ndarray) -> np.ndarray:
+    """Log2 buckets of the time since the previous event (first event: bucket 0)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    gaps = np.diff(ts, prepend=ts[:1]).clip(min=0) / 3600.0  # hours
+    return np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int64), N_GAP_BUCKETS - 1)
+
+
+def popularity_buckets(data: RecData) -> torch.Tensor:
+    """Deciles of train popularity (0 = top 10%); items never seen in training get their own bucket."""
+    pct = data.items["popularity_percentile"].to_numpy(dtype=float)
+    seen = data.items["n_train_interactions"].to_numpy() > 0
+    buckets = np.minimum((pct - 1) // 10, N_POP_BUCKETS - 1).astype(np.int64)
+    buckets[~seen] = N_POP_BUCKETS
+    return torch.as_tensor(buckets)
+
+
+def gaps_before(history_ts: np.ndarray, target_ts: int) -> np.ndarray:
+    """Log2 buckets of how many hours before the candidate each history event happened."""
+    hours = (target_ts - np.asarray(history_ts, dtype=np.int64)).clip(min=0) / 3600.0
+    return np.minimum(np.floor(np.log2(hours + 1.0)), N_GAP_BUCKETS - 1).astype(np.int64)
+
+
+# --- the shared model part -------------------------------------------------------------------------
+
+
+class CachedSegmentModel(nn.Module):
+    """What the retriever and the ranker share: the cached segment states (buffers, saved with the
+    weights) and the embeddings that turn an item or profile state into a model-width segment."""
+
+    def __init__(
+        self, dim: int, cache: SegmentCache, pop_buckets: torch.Tensor, has_id: torch.Tensor
+    ) -> None:
+        super().__init__()
+        n_items, text_dim = cache.item_states.shape
+        self.register_buffer("item_states", cache.item_states.float().clone())
+        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        self.register_buffer("pop_buckets", pop_buckets.long().clone())
+        self.register_buffer("has_id", has_id.bool().clone())
+        self.item_proj = nn.Linear(text_dim, dim)
+        self.profile_proj = nn.Linear(text_dim, dim)
+        self.id_emb = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, dim)
+        self.rating_emb = nn.Embedding(N_RATING_IDS, dim)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, dim)
+
+
+def segment_transformer(dim: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)

@@ -1,0 +1,109 @@
+"""The model bundle: one folder that holds everything serving needs, and the manifest that is the
+train/serve contract (every value training depended on is read by serving from it, nowhere else).
+
+Layout (one folder, written atomically by :func:`save_bundle`):
+  manifest.json     configs, encoder, text style, versions, metrics
+  items.parquet     the catalogue the models score (item_idx order)
+  segments.pt       cached pooled item/profile segment states (SegmentCache)
+  retriever.pt      SequentialRetriever weights
+  ranker.pt         SegmentRanker weights
+  encoder/          the text encoder (HF folder), for free-text queries and new users' profiles
+  explainer/        optional: a causal LM checkpoint for "... because" explanations
+  token_ranker/     optional (``full`` profile): the token-level late-interaction ranker, with the
+                    cached lower-layer states of every item's question segment; ranks instead of
+                    ranker.pt when present
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m6rec.data.marts import RecData
+from m6rec.files import replace_folder
+from m6rec.models.backbones import Encoder
+from m6rec.models.late_interaction import CandidateStates, load_token_ranker
+from m6rec.models.ranking import SegmentRanker
+from m6rec.models.retrieval import SequentialRetriever
+from m6rec.models.segments import SegmentCache
+from m6rec.text.textify import TextStyle
+
+BUNDLE_FORMAT = 1
+ITEM_COLUMNS = [
+    "item_id",
+    "item_idx",
+    "title",
+    "release_year",
+    "genres",
+    "attributes",
+    "n_train_interactions",
+    "mean_train_rating",
+    "popularity_rank",
+    "popularity_percentile",
+    "is_cold",
+]
+
+
+def save_bundle(
+    path: str | Path,
+    *,
+    data: RecData,
+    cache: SegmentCache,
+    encoder: Encoder,
+    retriever: SequentialRetriever,
+    ranker: SegmentRanker,
+    style: TextStyle,
+    metrics: dict[str, Any] | None = None,
+    explainer_dir: str | Path | None = None,
+    token_ranker_dir: str | Path | None = None,
+) -> Path:
+    """Write every artefact into a temp folder beside ``path``, then swap it in. With a token-level
+    ranker, every item's question segment goes through its lower layers here, once."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{int(time.time() * 1000)}")
+    tmp.mkdir(parents=True)
+    data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
+    cache.save(tmp / "segments.pt")
+    torch.save(retriever.state_dict(), tmp / "retriever.pt")
+    torch.save(ranker.state_dict(), tmp / "ranker.pt")
+    encoder.model.save_pretrained(tmp / "encoder")
+    encoder.tokenizer.save_pretrained(tmp / "encoder")
+    if explainer_dir is not None:
+        shutil.copytree(explainer_dir, tmp / "explainer")
+    token_config = None
+    if token_ranker_dir is not None:
+        shutil.copytree(token_ranker_dir, tmp / "token_ranker")
+        scorer, token_config = load_token_ranker(tmp / "token_ranker")
+        states = CandidateStates.build(scorer, data.item_texts(), style, token_config.max_length)
+        states.save(tmp / "token_ranker" / "candidates.pt")
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "encoder": encoder.name,
+        "style": asdict(style),
+        "retriever": asdict(retriever.config),
+        "ranker": asdict(ranker.config),
+        "token_ranker": asdict(token_config) if token_config else None,
+        "n_items": int(len(data.items)),
+        "explainer": explainer_dir is not None,
+        "metrics": metrics or {},
+        "versions": {p: package_version(p) for p in ("m6rec", "torch", "transformers")},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    replace_folder(tmp, path)
+    return path
+
+
+def package_version(package: str) -> str:
+    """The installed version of a distribution, or "not installed" (e.g. m6rec inside a Bento's src/)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

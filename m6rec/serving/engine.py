@@ -1,0 +1,373 @@
+"""The engine behind the service: requests in, responses out, over one loaded bundle (no BentoML
+involved, so it is unit-tested and reused without a server)."""
+
+import contextlib
+import logging
+import os
+import platform
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from m6rec.serving.bundle import package_version
+from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery, Scored
+from m6rec.serving.schemas import (
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    MAX_K,
+    MAX_QUERY_CHARS,
+    BatchItem,
+    ExplainMethod,
+    ExplainRequest,
+    ExplainResponse,
+    ExplanationSource,
+    HistoryItem,
+    ModelInfo,
+    RankRequest,
+    RankResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+    SimilarItemsRequest,
+    SimilarItemsResponse,
+    request_error,
+)
+from m6rec.text.textify import Event, Profile, clean_title, pronoun
+
+logger = logging.getLogger(__name__)
+
+LIKE_THRESHOLD = 4.0  # rating >= 4 is a like (the marts' ``is_like``)
+MAX_REPORTED_ERRORS = 20
+AUTOCAST_MODES = ("off", "bf16")
+DEFAULT_LM_EXPLAIN_TOP = 5  # /recommend: the language model explains this many top items at most
+
+
+def _his(he: str) -> str:
+    return {"he": "his", "she": "her"}.get(he, "their")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+class Engine:
+    """Answers the service's requests over a :class:`~m6rec.serving.recommender.Recommender` (and the bundle's
+    optional explainer LM). Thread-safe: the recommender holds no per-request state and language-model
+    generation is serialised by a lock."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        model_tag: str = "local",
+        model_labels: dict[str, str] | None = None,
+        lm_explain_top: int | None = None,
+    ) -> None:
+        self.path = Path(bundle_dir)
+        self.rec = Recommender(self.path, device=device)
+        self.device = self.rec.device
+        self.model_tag = model_tag
+        self.model_labels = dict(model_labels or {})
+        self.n_items = len(self.rec.items)
+        self.lm_explain_top = (
+            lm_explain_top
+            if lm_explain_top is not None
+            else env_int("M6REC_LM_EXPLAIN_TOP", DEFAULT_LM_EXPLAIN_TOP)
+        )
+        self.lm_max_new_tokens = env_int("M6REC_LM_MAX_NEW_TOKENS", 40)
+        self._lm_lock = threading.Lock()
+        self.autocast = os.environ.get("M6REC_AUTOCAST", "off").strip().lower() or "off"
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(f"M6REC_AUTOCAST={self.autocast!r}: use one of {', '.join(AUTOCAST_MODES)}")
+        self.lm, self._explain_fn, self.explainer_status = self._load_explainer()
+        self._genres = [
+            tuple(str(g) for g in gs) if isinstance(gs, list | tuple | np.ndarray) else ()
+            for gs in self.rec.items["genres"]
+        ]
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for the retrieval and ranking passes when M6REC_AUTOCAST=bf16 (CPUs with
+        AMX/AVX512-BF16 and GPUs run these matmuls faster; scores move by ~1e-3), else full precision."""
+        if self.autocast == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- loading --------------------------------------------------------------------------------
+    def _load_explainer(self) -> tuple[Any, Any, str]:
+        folder = self.path / "explainer"
+        if not folder.is_dir():
+            return None, None, "absent: the bundle has no explainer/ folder"
+        try:
+            from m6rec.models import generation
+            from m6rec.models.backbones import load_causal_lm
+
+            explain_fn = getattr(generation, "explain", None)
+            if explain_fn is None:
+                return None, None, "unavailable: m6rec.models.generation has no explain()"
+            lm = load_causal_lm(folder, device=self.device)
+        except Exception as exc:  # a broken explainer must not take the recommender down
+            logger.exception("could not load the explainer from %s", folder)
+            return None, None, f"unavailable: {type(exc).__name__}: {exc}"
+        return lm, explain_fn, "loaded"
+
+    # --- validation helpers -----------------------------------------------------------------------
+    def _check_ids(self, title: str, named: Sequence[tuple[tuple[str | int, ...], str]]) -> None:
+        errors = [
+            (
+                loc,
+                "unknown_item",
+                f"unknown item id {item!r} (not in the catalogue of {self.n_items} items)",
+                item,
+            )
+            for loc, item in named
+            if item not in self.rec.index
+        ]
+        if errors:
+            raise request_error(title, errors[:MAX_REPORTED_ERRORS])
+
+    def _check_k(self, title: str, k: int, available: int, what: str) -> None:
+        if k > available:
+            raise request_error(
+                title, [(("k",), "k_too_large", f"k={k} is larger than {what} ({available} items)", k)]
+            )
+
+    @staticmethod
+    def _events(history: Sequence[HistoryItem]) -> list[HistoryEvent]:
+        return [HistoryEvent(h.item_id, h.rating, h.ts) for h in history]
+
+    def _item(self, idx: int) -> tuple[str, str]:
+        return str(self.rec.item_ids[idx]), str(self.rec.titles[idx])
+
+    # --- explanations ---------------------------------------------------------------------------
+    def _display(self, idx: int) -> str:
+        text = self.rec.texts[idx]
+        title, year = clean_title(text.title, text.release_year)
+        return f"{title} ({year})" if year is not None else title
+
+    def history_explanation(
+        self,
+        history: Sequence[HistoryEvent],
+        item_id: str,
+        profile: Profile | None,
+        query: str | None = None,
+    ) -> str:
+        """A template explanation grounded in the request: the most recent liked (rating >= 4, or
+        unrated) history items that share the candidate's genres; else the query; else the history's
+        most recent likes and the candidate's popularity."""
+        he = pronoun(profile)
+        cand = self.rec.index[item_id]
+        cand_genres = self._genres[cand]
+        head = f"{he.capitalize()} will like {self._display(cand)} because"
+        seen: set[int] = set()
+        sharing_liked: list[int] = []
+        sharing_watched: list[int] = []
+        recent_liked: list[int] = []
+        for e in reversed(history):
+            idx = self.rec.index[e.item_id]
+            if idx in seen or idx == cand:
+                continue
+            seen.add(idx)
+            liked = e.rating is not None and e.rating >= LIKE_THRESHOLD
+            disliked = e.rating is not None and e.rating < LIKE_THRESHOLD
+            shares = bool(set(self._genres[idx]) & set(cand_genres))
+            if liked:
+                recent_liked.append(idx)
+            if shares and liked:
+                sharing_liked.append(idx)
+            elif shares and not disliked:
+                sharing_watched.append(idx)
+        cited, verb = (sharing_liked, "liked") if sharing_liked else (sharing_watched, "watched")
+        if cited:
+            cited = cited[:3]
+            shared = [g for g in cand_genres if any(g in self._genres[i] for i in cited)]
+            names = [self._display(i) for i in cited]
+            listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+            share = "shares" if len(names) == 1 else "share"
+            genre_word = "genre" if len(shared) == 1 else "genres"
+            return f"{head} {he} {verb} {listed}, which {share} its {genre_word} ({', '.join(shared)})."
+        if query:
+            genres = f" ({', '.join(cand_genres)})" if cand_genres else ""
+            return f'{head} it matches the request "{query}"{genres}.'
+        pct = self.rec.texts[cand].popularity_percentile
+        popular = (
+            ""
+            if pct is None or pct != pct
+            else f" and is among the top {max(1, round(100 - pct))}% most popular titles"
+        )
+        if recent_liked:
+            liked_names = " and ".join(self._display(i) for i in recent_liked[:2])
+            recent = f" (most recently {he} liked {liked_names})"
+        else:
+            recent = ""
+        return f"{head} it fits the pattern of {_his(he)} recent history{recent}{popular}."
+
+    def lm_explanation(self, history: Sequence[HistoryEvent], item_id: str, profile: Profile | None) -> str:
+        events = [
+            Event(item=self.rec.texts[self.rec.index[e.item_id]], ts=e.ts, rating=e.rating) for e in history
+        ]
+        now = max((e.ts for e in history if e.ts is not None), default=None)
+        with self._lm_lock, torch.no_grad():
+            return self._explain_fn(
+                self.lm,
+                profile,
+                events,
+                self.rec.texts[self.rec.index[item_id]],
+                now,
+                style=self.rec.style,
+                max_new_tokens=self.lm_max_new_tokens,
+            )
+
+    def _explanation(
+        self,
+        history: Sequence[HistoryEvent],
+        item_id: str,
+        profile: Profile | None,
+        method: ExplainMethod,
+        query: str | None = None,
+    ) -> tuple[str, ExplanationSource]:
+        if method != "history" and self.lm is not None and history:
+            return self.lm_explanation(history, item_id, profile), "language_model"
+        return self.history_explanation(history, item_id, profile, query), "history"
+
+    # --- endpoints --------------------------------------------------------------------------------
+    def _query(self, req: RecommendRequest) -> RecommendQuery:
+        """The checks that need the catalogue, then the recommender's query."""
+        title = "recommend request"
+        history = self._events(req.history)
+        self._check_ids(title, [(("history", i, "item_id"), e.item_id) for i, e in enumerate(history)])
+        self._check_k(title, req.k, self.n_items, "the catalogue")
+        profile = req.profile.to_profile() if req.profile else None
+        return RecommendQuery(history, req.k, profile, req.query, req.rerank, req.exclude_seen)
+
+    def _response(self, req: RecommendRequest, query: RecommendQuery, top: list[Scored]) -> RecommendResponse:
+        items = [ScoredItem(item_id=s.item_id, title=s.title, score=s.score) for s in top]
+        if req.explain:
+            for rank, item in enumerate(items):
+                method: ExplainMethod = "auto" if rank < self.lm_explain_top else "history"
+                item.explanation, item.explanation_source = self._explanation(
+                    query.history, item.item_id, query.profile, method, req.query
+                )
+        mode = "history+query" if query.history and req.query else "history" if query.history else "query"
+        return RecommendResponse(items=items, mode=mode, model=self.model_tag)
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        query = self._query(req)
+        with self._precision():
+            [top] = self.rec.recommend_batch([query])
+        return self._response(req, query, top)
+
+    def recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[BatchItem]:
+        """Many requests in one retrieval and one ranking pass (what adaptive batching hands over). A bad
+        request gets its own 400 entry; the others are answered as if each had come alone."""
+        out: list[BatchItem] = [BatchItem(status=400) for _ in reqs]
+        good: list[tuple[int, RecommendQuery]] = []
+        for i, req in enumerate(reqs):
+            try:
+                good.append((i, self._query(req)))
+            except ValidationError as exc:
+                out[i] = BatchItem.from_error(exc)
+        with self._precision():
+            tops = self.rec.recommend_batch([q for _, q in good])
+        for (i, query), top in zip(good, tops, strict=True):
+            out[i] = BatchItem(status=200, result=self._response(reqs[i], query, top))
+        return out
+
+    def rank(self, req: RankRequest) -> RankResponse:
+        title = "rank request"
+        history = self._events(req.history)
+        self._check_ids(
+            title,
+            [(("history", i, "item_id"), e.item_id) for i, e in enumerate(history)]
+            + [(("candidates", i), c) for i, c in enumerate(req.candidates)],
+        )
+        now = req.now_ts
+        if now is None:
+            now = max((e.ts for e in history if e.ts is not None), default=None)
+        profile = req.profile.to_profile() if req.profile else None
+        with self._precision():
+            scores = self.rec.rank(history, list(req.candidates), profile, now_ts=now)
+        scores = np.asarray(scores, dtype=float)
+        items = [
+            ScoredItem(item_id=c, title=self._item(self.rec.index[c])[1], score=float(s))
+            for c, s in zip(req.candidates, scores, strict=True)
+        ]
+        return RankResponse(items=items, model=self.model_tag)
+
+    def explain(self, req: ExplainRequest) -> ExplainResponse:
+        title = "explain request"
+        history = self._events(req.history)
+        self._check_ids(
+            title,
+            [(("history", i, "item_id"), e.item_id) for i, e in enumerate(history)]
+            + [(("item_id",), req.item_id)],
+        )
+        if req.method == "language_model" and self.lm is None:
+            raise request_error(
+                title,
+                [
+                    (
+                        ("method",),
+                        "no_language_model",
+                        f"this model has no language-model explainer ({self.explainer_status}); "
+                        "use method 'auto' or 'history'",
+                        req.method,
+                    )
+                ],
+            )
+        profile = req.profile.to_profile() if req.profile else None
+        text, source = self._explanation(history, req.item_id, profile, req.method)
+        return ExplainResponse(
+            item_id=req.item_id,
+            title=self._item(self.rec.index[req.item_id])[1],
+            explanation=text,
+            source=source,
+            behaviour_text=self.rec.behaviour_text(history, req.item_id, profile),
+            model=self.model_tag,
+        )
+
+    def similar_items(self, req: SimilarItemsRequest) -> SimilarItemsResponse:
+        title = "similar_items request"
+        self._check_ids(title, [(("item_id",), req.item_id)])
+        self._check_k(title, req.k, self.n_items - 1, "the rest of the catalogue")
+        similar = self.rec.similar_items(req.item_id, req.k)
+        items = [ScoredItem(item_id=s.item_id, title=s.title, score=s.score) for s in similar]
+        return SimilarItemsResponse(item_id=req.item_id, items=items, model=self.model_tag)
+
+    def model_info(self) -> ModelInfo:
+        manifest = self.rec.manifest
+        versions = {
+            "m6rec": package_version("m6rec"),
+            "bentoml": package_version("bentoml"),
+            "torch": torch.__version__,
+            "transformers": package_version("transformers"),
+            "python": platform.python_version(),
+        }
+        for name, value in (manifest.get("versions") or {}).items():
+            versions[f"bundle:{name}"] = str(value)
+        return ModelInfo(
+            model=self.model_tag,
+            labels=self.model_labels,
+            manifest={k: v for k, v in manifest.items() if k != "metrics"},
+            metrics=manifest.get("metrics") or {},
+            n_items=self.n_items,
+            device=str(self.device),
+            explainer={
+                "status": self.explainer_status,
+                "in_bundle": bool(manifest.get("explainer")),
+                "lm_explains_top": self.lm_explain_top if self.lm is not None else 0,
+            },
+            limits={
+                "max_history": MAX_HISTORY,
+                "max_k": min(MAX_K, self.n_items),
+                "max_candidates": MAX_CANDIDATES,
+                "max_query_chars": MAX_QUERY_CHARS,
+            },
+            versions=versions,
+        )
