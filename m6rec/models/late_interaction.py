@@ -18,7 +18,6 @@ CPU profiles use the pooled :class:`~m6rec.models.ranking.SegmentRanker` instead
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from m6rec.data.marts import RecData, events_of
 from m6rec.evaluation.metrics import ctr_metrics
-from m6rec.files import replace_folder
+from m6rec.files import staged
 from m6rec.models.backbones import Encoder, load_encoder
 from m6rec.models.segments import CANDIDATE, HISTORY, PROFILE
 from m6rec.text.textify import PRONOUNS, ItemText, TextStyle, behaviour_segments, question_text
@@ -252,17 +251,16 @@ def train_token_ranker(
 
 def save_token_ranker(scorer: LateInteractionScorer, config: TokenRankerConfig, path: str | Path) -> Path:
     """Write into a temp folder beside ``path``, then swap it in."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{int(time.time() * 1000)}")
-    tmp.mkdir(parents=True)
-    scorer.bert.save_pretrained(tmp / "encoder")
-    scorer.tokenizer.save_pretrained(tmp / "encoder")
-    torch.save(
-        {"segment_emb": scorer.segment_emb.state_dict(), "head": scorer.head.state_dict()}, tmp / "late.pt"
-    )
-    (tmp / "config.json").write_text(json.dumps(asdict(config)))
-    replace_folder(tmp, path)
-    return path
+    with staged(path) as tmp:
+        tmp.mkdir()
+        scorer.bert.save_pretrained(tmp / "encoder")
+        scorer.tokenizer.save_pretrained(tmp / "encoder")
+        torch.save(
+            {"segment_emb": scorer.segment_emb.state_dict(), "head": scorer.head.state_dict()},
+            tmp / "late.pt",
+        )
+        (tmp / "config.json").write_text(json.dumps(asdict(config)))
+    return Path(path)
 
 
 def load_token_ranker(
@@ -314,10 +312,8 @@ class CandidateStates:
         return [flat[offsets[i] : offsets[i + 1]].to(device=device, dtype=torch.float32) for i in items]
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({who: {"flat": f, "offsets": o} for who, (f, o) in self.states.items()}, tmp)
-        tmp.replace(path)
+        with staged(path) as tmp:
+            torch.save({who: {"flat": f, "offsets": o} for who, (f, o) in self.states.items()}, tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> CandidateStates:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from m6rec.data.marts import RecData
+from m6rec.files import staged
 from m6rec.models.backbones import Encoder
 from m6rec.text.textify import TextStyle, item_text, profile_text
 
@@ -40,18 +41,16 @@ class SegmentCache:
     style: dict
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
-            {
-                "item_states": self.item_states,
-                "profile_states": self.profile_states,
-                "encoder_name": self.encoder_name,
-                "style": self.style,
-            },
-            tmp,
-        )
-        tmp.replace(path)
+        with staged(path) as tmp:
+            torch.save(
+                {
+                    "item_states": self.item_states,
+                    "profile_states": self.profile_states,
+                    "encoder_name": self.encoder_name,
+                    "style": self.style,
+                },
+                tmp,
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> SegmentCache:

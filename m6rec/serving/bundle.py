@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from m6rec.data.marts import RecData
-from m6rec.files import replace_folder
+from m6rec.files import staged
 from m6rec.models.backbones import Encoder
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker
 from m6rec.models.ranking import SegmentRanker
@@ -66,39 +66,37 @@ def save_bundle(
 ) -> Path:
     """Write every artefact into a temp folder beside ``path``, then swap it in. With a token-level
     ranker, every item's question segment goes through its lower layers here, once."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{int(time.time() * 1000)}")
-    tmp.mkdir(parents=True)
-    data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
-    cache.save(tmp / "segments.pt")
-    torch.save(retriever.state_dict(), tmp / "retriever.pt")
-    torch.save(ranker.state_dict(), tmp / "ranker.pt")
-    encoder.model.save_pretrained(tmp / "encoder")
-    encoder.tokenizer.save_pretrained(tmp / "encoder")
-    if explainer_dir is not None:
-        shutil.copytree(explainer_dir, tmp / "explainer")
-    token_config = None
-    if token_ranker_dir is not None:
-        shutil.copytree(token_ranker_dir, tmp / "token_ranker")
-        scorer, token_config = load_token_ranker(tmp / "token_ranker")
-        states = CandidateStates.build(scorer, data.item_texts(), style, token_config.max_length)
-        states.save(tmp / "token_ranker" / "candidates.pt")
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "encoder": encoder.name,
-        "style": asdict(style),
-        "retriever": asdict(retriever.config),
-        "ranker": asdict(ranker.config),
-        "token_ranker": asdict(token_config) if token_config else None,
-        "n_items": int(len(data.items)),
-        "explainer": explainer_dir is not None,
-        "metrics": metrics or {},
-        "versions": {p: package_version(p) for p in ("m6rec", "torch", "transformers")},
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
-    replace_folder(tmp, path)
-    return path
+    with staged(path) as tmp:
+        tmp.mkdir()
+        data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
+        cache.save(tmp / "segments.pt")
+        torch.save(retriever.state_dict(), tmp / "retriever.pt")
+        torch.save(ranker.state_dict(), tmp / "ranker.pt")
+        encoder.model.save_pretrained(tmp / "encoder")
+        encoder.tokenizer.save_pretrained(tmp / "encoder")
+        if explainer_dir is not None:
+            shutil.copytree(explainer_dir, tmp / "explainer")
+        token_config = None
+        if token_ranker_dir is not None:
+            shutil.copytree(token_ranker_dir, tmp / "token_ranker")
+            scorer, token_config = load_token_ranker(tmp / "token_ranker")
+            states = CandidateStates.build(scorer, data.item_texts(), style, token_config.max_length)
+            states.save(tmp / "token_ranker" / "candidates.pt")
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "encoder": encoder.name,
+            "style": asdict(style),
+            "retriever": asdict(retriever.config),
+            "ranker": asdict(ranker.config),
+            "token_ranker": asdict(token_config) if token_config else None,
+            "n_items": int(len(data.items)),
+            "explainer": explainer_dir is not None,
+            "metrics": metrics or {},
+            "versions": {p: package_version(p) for p in ("m6rec", "torch", "transformers")},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    return Path(path)
 
 
 def package_version(package: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from m6rec.files import replace_folder
+from m6rec.files import staged
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
@@ -125,17 +124,13 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        tmp = self.out / "checkpoint.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.accelerator.save_state(str(tmp), safe_serialization=False)
-        (tmp / "trainer_state.json").write_text(json.dumps(self.state))
-        replace_folder(tmp, self.out / "checkpoint")
+        with staged(self.out / "checkpoint") as tmp:
+            self.accelerator.save_state(str(tmp), safe_serialization=False)
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state))
 
     def _save_best(self) -> None:
-        tmp = self.out / "best.pt.tmp"
-        torch.save(self.accelerator.unwrap_model(self.model).state_dict(), tmp)
-        tmp.replace(self.out / "best.pt")
+        with staged(self.out / "best.pt") as tmp:
+            torch.save(self.accelerator.unwrap_model(self.model).state_dict(), tmp)
 
     def _maybe_resume(self) -> bool:
         ckpt = self.out / "checkpoint"
