@@ -108,13 +108,14 @@ def _bundle(path: Path, ndcg: float, stamp: str) -> None:
     (path / "manifest.json").write_text(json.dumps({"created_at": stamp}))
 
 
-def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_path, monkeypatch) -> None:
+def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_path) -> None:
     from orchestration.defs.evaluation import promoted_model
+    from orchestration.defs.resources import ArtifactStore
 
-    monkeypatch.setenv("M6REC_ARTIFACTS", str(tmp_path))
+    resources = {"artifacts": ArtifactStore(root=str(tmp_path))}
     _bundle(tmp_path / "champion", 0.10, "champion-1")
     _bundle(tmp_path / "candidate", 0.08, "challenger-2")
-    refused = dg.materialize([promoted_model], instance=dg.DagsterInstance.ephemeral())
+    refused = dg.materialize([promoted_model], resources=resources, instance=dg.DagsterInstance.ephemeral())
     meta = refused.asset_materializations_for_node("promoted_model")[0].metadata
     assert meta["promoted"].value is False and "worse" in meta["reason"].value
     assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "champion-1"
@@ -122,7 +123,7 @@ def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_p
     (tmp_path / "candidate" / "evaluation.json").write_text(
         json.dumps({"validation": {"retriever_valid_ndcg@10": 0.12}})
     )
-    accepted = dg.materialize([promoted_model], instance=dg.DagsterInstance.ephemeral())
+    accepted = dg.materialize([promoted_model], resources=resources, instance=dg.DagsterInstance.ephemeral())
     assert accepted.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
     assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "challenger-2"
-    assert not (tmp_path / "champion.tmp").exists() and not (tmp_path / "champion.old").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate", "champion"]  # no temporary left

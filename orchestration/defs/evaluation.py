@@ -9,43 +9,45 @@ import numpy as np
 
 from m6rec.data.marts import load_rec_data
 from m6rec.evaluation import offline
-from m6rec.files import replace_folder
 from m6rec.models.backbones import pick_device
 from m6rec.models.late_interaction import load_token_ranker
 from m6rec.models.segments import SegmentCache
 from m6rec.serving.bundle import save_bundle
-from orchestration.defs.resources import ModelSettings, WarehouseResource
-from orchestration.defs.training import (
+from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
+from orchestration.stages import (
+    CANDIDATE,
+    CHAMPION,
+    EXPLAINER,
+    MODEL_ASSETS,
+    SEGMENT_CACHE,
     TEXT_STYLE,
-    artifact,
-    explainer,
+    TOKEN_RANKER,
     load_trained,
-    ranker,
-    retriever,
-    segment_cache,
-    token_ranker,
 )
-
-CANDIDATE, CHAMPION = "candidate", "champion"
 
 
 @dg.asset(
     group_name="evaluation",
-    deps=[retriever, ranker, token_ranker, explainer, segment_cache],
+    deps=[
+        MODEL_ASSETS[name] for name in ("retriever", "ranker", "token_ranker", "explainer", "segment_cache")
+    ],
     pool="duckdb",
     kinds={"pytorch"},
 )
 def item_index(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """The candidate bundle: item-tower embeddings and cached segments for every catalogue item, the
     trained models and the encoder, in one folder the service loads."""
     model_settings.apply_threads()
     data = load_rec_data(warehouse.database)
-    cache = SegmentCache.load(artifact("segment_cache.pt"))
-    retriever_model, ranker_model = load_trained(data, cache)
+    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    retriever_model, ranker_model = load_trained(artifacts, data, cache)
     path = save_bundle(
-        artifact(CANDIDATE),
+        artifacts.path(CANDIDATE),
         data=data,
         cache=cache,
         encoder=model_settings.load_encoder(),
@@ -53,11 +55,12 @@ def item_index(
         ranker=ranker_model,
         style=TEXT_STYLE,
         metrics={"profile": model_settings.resolved().name},
-        explainer_dir=artifact("explainer") if artifact("explainer").is_dir() else None,
-        token_ranker_dir=artifact("token_ranker") if artifact("token_ranker").is_dir() else None,
+        explainer_dir=artifacts.path(EXPLAINER) if artifacts.exists(EXPLAINER) else None,
+        token_ranker_dir=artifacts.path(TOKEN_RANKER) if artifacts.exists(TOKEN_RANKER) else None,
     )
     vectors = retriever_model.item_vectors().detach().numpy()
-    np.save(path / "item_index.npy", vectors)
+    with artifacts.replace(f"{CANDIDATE}/item_index.npy") as tmp, tmp.open("wb") as out:
+        np.save(out, vectors)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return dg.MaterializeResult(
         metadata={
@@ -70,20 +73,16 @@ def item_index(
     )
 
 
-def _write(path, text: str) -> None:
-    """Write beside, then rename: a killed run never leaves a half-written file in the bundle."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _image(b64: str, title: str) -> str:
     return f"![{title}](data:image/png;base64,{b64})"
 
 
-@dg.asset(group_name="evaluation", deps=[item_index], pool="duckdb", kinds={"pytorch"})
+@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["item_index"]], pool="duckdb", kinds={"pytorch"})
 def offline_evaluation(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """Test-split metrics of every model beside Pop / ItemKNN / SASRec trained on the same split, plus
     CTR AUC; writes the model card and evaluation.json into the candidate bundle."""
@@ -91,10 +90,10 @@ def offline_evaluation(
     profile = model_settings.resolved()
     start = time.perf_counter()
     data = load_rec_data(warehouse.database)
-    cache = SegmentCache.load(artifact("segment_cache.pt"))
-    retriever_model, ranker_model = load_trained(data, cache)
+    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    retriever_model, ranker_model = load_trained(artifacts, data, cache)
     examples = warehouse.read("select * from marts.ctr_examples")
-    token = artifact("token_ranker")
+    token = artifacts.path(TOKEN_RANKER)
     report = offline.evaluate(
         data,
         retriever_model,
@@ -106,13 +105,12 @@ def offline_evaluation(
         style=TEXT_STYLE,
         log=context.log.info,
     )
-    bundle = artifact(CANDIDATE)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = artifacts.read_json(f"{CANDIDATE}/manifest.json")
     manifest["profile"] = profile.name
     manifest["metrics"] = report.to_dict()
-    _write(bundle / "evaluation.json", json.dumps(report.to_dict(), indent=2, default=float))
-    _write(bundle / "model_card.md", offline.model_card(report, manifest))
-    _write(bundle / "manifest.json", json.dumps(manifest, indent=2, default=float))
+    artifacts.write(f"{CANDIDATE}/evaluation.json", json.dumps(report.to_dict(), indent=2, default=float))
+    artifacts.write(f"{CANDIDATE}/model_card.md", offline.model_card(report, manifest))
+    artifacts.write(f"{CANDIDATE}/manifest.json", json.dumps(manifest, indent=2, default=float))
     images = offline.plots(report)
     ours = report.retrieval["m6rec retriever"]
     return dg.MaterializeResult(
@@ -155,30 +153,29 @@ def promotion_decision(
     )
 
 
-@dg.asset(group_name="evaluation", deps=[offline_evaluation])
-def promoted_model(context: dg.AssetExecutionContext, config: PromotionConfig) -> dg.MaterializeResult:
+@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["offline_evaluation"]])
+def promoted_model(
+    context: dg.AssetExecutionContext, artifacts: ArtifactStore, config: PromotionConfig
+) -> dg.MaterializeResult:
     """The promotion gate: copy the candidate over the champion (atomically) when its validation metrics
     are not worse; otherwise the champion, and the Bento built from it, stay as they are."""
-    candidate, champion = artifact(CANDIDATE), artifact(CHAMPION)
-    challenger_metrics = json.loads((candidate / "evaluation.json").read_text())["validation"]
+    challenger_metrics = artifacts.read_json(f"{CANDIDATE}/evaluation.json")["validation"]
     champion_metrics = (
-        json.loads((champion / "evaluation.json").read_text())["validation"]
-        if (champion / "evaluation.json").exists()
+        artifacts.read_json(f"{CHAMPION}/evaluation.json")["validation"]
+        if artifacts.exists(f"{CHAMPION}/evaluation.json")
         else None
     )
     promote, reason = promotion_decision(challenger_metrics, champion_metrics, config.tolerance)
     if promote:
-        tmp = champion.with_name(champion.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(candidate, tmp)
-        replace_folder(tmp, champion)
+        with artifacts.replace(CHAMPION) as tmp:
+            shutil.copytree(artifacts.path(CANDIDATE), tmp)
     context.log.info(f"{'promoted' if promote else 'kept the champion'}: {reason}")
-    manifest = json.loads((champion / "manifest.json").read_text()) if champion.exists() else {}
+    manifest = artifacts.read_json(f"{CHAMPION}/manifest.json") if artifacts.exists(CHAMPION) else {}
     return dg.MaterializeResult(
         metadata={
             "promoted": promote,
             "reason": reason,
-            "champion_path": str(champion),
+            "champion_path": str(artifacts.path(CHAMPION)),
             "champion_created_at": manifest.get("created_at", "n/a"),
             "challenger": dg.MetadataValue.json(challenger_metrics),
             "previous_champion": dg.MetadataValue.json(champion_metrics or {}),

@@ -9,9 +9,7 @@ from m6rec.data.sources import read_source
 from m6rec.data.warehouse import replace_raw_tables
 from orchestration import settings
 from orchestration.defs.resources import WarehouseResource
-
-RAW_TABLES = ("ratings", "items", "users")
-RAW_KEYS = {name: dg.AssetKey(["raw", name]) for name in RAW_TABLES}
+from orchestration.stages import RAW_KEYS
 
 
 class IngestConfig(dg.Config):

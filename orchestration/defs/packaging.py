@@ -7,21 +7,19 @@ import time
 import dagster as dg
 
 from orchestration import settings
-from orchestration.defs.evaluation import CHAMPION, promoted_model
-from orchestration.defs.training import artifact
+from orchestration.defs.resources import ArtifactStore
+from orchestration.stages import BENTO_RECORD, CHAMPION, MODEL_ASSETS
 
 
-@dg.asset(group_name="packaging", deps=[promoted_model], kinds={"bentoml"})
-def bento(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+@dg.asset(group_name="packaging", deps=[MODEL_ASSETS["promoted_model"]], kinds={"bentoml"})
+def bento(context: dg.AssetExecutionContext, artifacts: ArtifactStore) -> dg.MaterializeResult:
     """`bentoml build` of the champion (service code, model bundle, model card, evaluation summary, a
     generated Dockerfile). When the champion did not change, the Bento already built for it stays."""
     os.environ["BENTOML_HOME"] = str(settings.bentoml_home())  # read by the BentoML store and CLI
     from m6rec.serving.packaging import bento_contents, bento_dir, build_bento, import_bundle
 
-    champion = artifact(CHAMPION)
-    manifest = json.loads((champion / "manifest.json").read_text())
-    marker = artifact("bento.json")
-    previous = json.loads(marker.read_text()) if marker.exists() else {}
+    manifest = artifacts.read_json(f"{CHAMPION}/manifest.json")
+    previous = artifacts.read_json(BENTO_RECORD) if artifacts.exists(BENTO_RECORD) else {}
     if previous.get("champion_created_at") == manifest["created_at"]:
         try:
             bento_dir(previous["bento_tag"])
@@ -30,7 +28,7 @@ def bento(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         except Exception:  # the store was wiped: build again
             pass
     start = time.perf_counter()
-    model_tag = import_bundle(champion, labels={"profile": str(manifest.get("profile", ""))})
+    model_tag = import_bundle(artifacts.path(CHAMPION), labels={"profile": str(manifest.get("profile", ""))})
     bento_tag = build_bento(settings.REPO_ROOT, model_tag)
     path = bento_dir(bento_tag)
     model_dir = settings.bentoml_home() / "models" / model_tag.replace(":", "/")
@@ -42,9 +40,7 @@ def bento(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         "bento_path": str(path),
         "bentoml_home": str(settings.bentoml_home()),
     }
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(marker)
+    artifacts.write(BENTO_RECORD, json.dumps(record))
     files = bento_contents(bento_tag)
     return dg.MaterializeResult(
         metadata={

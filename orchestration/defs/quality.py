@@ -6,9 +6,9 @@ import time
 import dagster as dg
 import pandas as pd
 
-from orchestration.defs.ingest import RAW_KEYS
 from orchestration.defs.resources import QualityThresholds, WarehouseResource
 from orchestration.quality import run_suite
+from orchestration.stages import MARTS, RAW_KEYS
 
 NON_BLANK = r"\S"
 
@@ -95,7 +95,7 @@ def raw_users_suite(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset=dg.AssetKey(["marts", "splits"]),
+    asset=MARTS["splits"],
     blocking=True,
     pool="duckdb",
     description="GX: known split labels, leave-one-out proportions, sane timestamps.",
@@ -125,7 +125,7 @@ def splits_suite(warehouse: WarehouseResource, quality: QualityThresholds) -> dg
 
 
 @dg.asset_check(
-    asset=dg.AssetKey(["marts", "item_catalogue"]),
+    asset=MARTS["item_catalogue"],
     blocking=True,
     pool="duckdb",
     description="GX: every item has non-empty text and consistent popularity statistics.",
@@ -151,7 +151,7 @@ def item_catalogue_suite(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset=dg.AssetKey(["marts", "ctr_examples"]),
+    asset=MARTS["ctr_examples"],
     blocking=True,
     pool="duckdb",
     description="GX: 0/1 labels, bounded histories that precede their target, both classes present.",

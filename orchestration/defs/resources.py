@@ -1,8 +1,13 @@
-"""Resources shared by every stage: the DuckDB warehouse and the dbt CLI."""
+"""Resources shared by every stage: the DuckDB warehouse, the artefact store, the dbt CLI, the quality
+thresholds and the model settings."""
 
+import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -10,6 +15,7 @@ import pandas as pd
 from dagster_dbt import DbtCliResource
 
 from m6rec.data.warehouse import connect
+from m6rec.files import staged, write_atomic
 from m6rec.models.backbones import load_causal_lm, load_encoder, tiny_causal_lm, tiny_encoder
 from m6rec.training.profiles import get_profile
 from orchestration import settings
@@ -31,6 +37,54 @@ class WarehouseResource(dg.ConfigurableResource):
     def read(self, sql: str) -> pd.DataFrame:
         with self.connect(read_only=True) as conn:
             return conn.execute(sql).df()
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Where the pipeline keeps what it trains: model weights, the candidate and champion bundles, the
+    record of the last Bento. A local folder today (``$M6REC_ARTIFACTS``); the interface — keys, atomic
+    :meth:`write` / :meth:`replace`, :meth:`read_text` — is what an object store would implement later.
+
+    Keys are relative POSIX paths (``"retriever/model.pt"``, ``"champion"``); every write goes through
+    :mod:`m6rec.files`, so a killed run never leaves a half-written artefact."""
+
+    root: str
+
+    def path(self, key: str) -> Path:
+        """The local path of ``key`` (its parent folder created), for code that reads or writes it
+        itself: the m6rec savers, which write atomically through :mod:`m6rec.files` too."""
+        parts = PurePosixPath(key).parts
+        if not parts or PurePosixPath(key).is_absolute() or ".." in parts:
+            raise ValueError(f"artefact key must be a relative path inside the store, got {key!r}")
+        path = Path(self.root).joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def read_text(self, key: str) -> str:
+        return self.path(key).read_text(encoding="utf-8")
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_text(key))
+
+    def write(self, key: str, data: str | bytes) -> Path:
+        """Write one artefact atomically (text as UTF-8)."""
+        return write_atomic(self.path(key), data)
+
+    @contextmanager
+    def replace(self, key: str) -> Iterator[Path]:
+        """Yield a temporary local path; write a file or a folder there. It replaces ``key`` in one
+        step when the block succeeds and is discarded when it raises (:func:`m6rec.files.staged`)."""
+        with staged(self.path(key)) as tmp:
+            yield tmp
+
+    def remove(self, key: str) -> None:
+        path = self.path(key)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 class QualityThresholds(dg.ConfigurableResource):
@@ -93,6 +147,7 @@ def resources() -> dg.Definitions:
         executor=dg.in_process_executor,
         resources={
             "warehouse": WarehouseResource(database=str(settings.warehouse_path())),
+            "artifacts": ArtifactStore(root=str(settings.artifacts_dir())),
             "dbt": DbtCliResource(
                 project_dir=str(settings.DBT_PROJECT_DIR), dbt_executable=settings.dbt_executable()
             ),

@@ -1,39 +1,30 @@
 """Training: cached segment states, then the retriever and the CTR ranker over them."""
 
-import json
-import shutil
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import torch
 
 from m6rec.data.marts import load_rec_data
-from m6rec.files import replace_folder
-from m6rec.models.ranking import RankerConfig, train_ranker
-from m6rec.models.retrieval import RetrieverConfig, train_retriever
+from m6rec.models.ranking import train_ranker
+from m6rec.models.retrieval import train_retriever
 from m6rec.models.segments import SegmentCache, build_segment_cache
-from m6rec.text.textify import TextStyle
 from m6rec.training.trainer import TrainConfig, result_metadata
-from orchestration import settings
-from orchestration.defs.resources import ModelSettings, WarehouseResource
-
-MARTS = {
-    name: dg.AssetKey(["marts", name])
-    for name in ("item_catalogue", "user_profiles", "splits", "ctr_examples")
-}
-# The marts with blocking GX suites: every training asset depends on all of them, so a failed suite on any
-# one stops all training in that run (not only the branch below the failed table).
-GATED_MARTS = [MARTS["splits"], MARTS["ctr_examples"], MARTS["item_catalogue"]]
-TEXT_STYLE = TextStyle(with_popularity=True)
-
-
-def artifact(*parts: str) -> Path:
-    path = settings.artifacts_dir().joinpath(*parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
+from orchestration.stages import (
+    EXPLAINER,
+    GATED_MARTS,
+    MARTS,
+    MODEL_ASSETS,
+    RANKER,
+    RETRIEVER,
+    SEGMENT_CACHE,
+    TEXT_STYLE,
+    TOKEN_RANKER,
+    save_trained,
+)
 
 
 def param_count(model: torch.nn.Module) -> dict[str, int]:
@@ -51,7 +42,10 @@ def param_count(model: torch.nn.Module) -> dict[str, int]:
     kinds={"pytorch"},
 )
 def segment_cache(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """Every item and profile text through the frozen encoder once (pooled states), for all models."""
     model_settings.apply_threads()
@@ -59,7 +53,7 @@ def segment_cache(
     data = load_rec_data(warehouse.database)
     encoder = model_settings.load_encoder()
     cache = build_segment_cache(encoder, data, TEXT_STYLE)
-    cache.save(artifact("segment_cache.pt"))
+    cache.save(artifacts.path(SEGMENT_CACHE))
     return dg.MaterializeResult(
         metadata={
             "encoder": encoder.name,
@@ -72,10 +66,12 @@ def segment_cache(
     )
 
 
-def _train_config(name: str, model_settings: ModelSettings, steps: int, metric: str) -> TrainConfig:
+def _train_config(
+    name: str, artifacts: ArtifactStore, model_settings: ModelSettings, steps: int, metric: str
+) -> TrainConfig:
     profile = model_settings.resolved()
     return TrainConfig(
-        output_dir=str(artifact(name, "run")),
+        output_dir=str(artifacts.path(f"{name}/run")),
         max_steps=steps,
         lr=1e-3,
         eval_every=profile.eval_every,
@@ -88,21 +84,28 @@ def _train_config(name: str, model_settings: ModelSettings, steps: int, metric: 
     )
 
 
-@dg.asset(group_name="training", deps=[segment_cache, MARTS["splits"]], pool="duckdb", kinds={"pytorch"})
+@dg.asset(
+    group_name="training",
+    deps=[MODEL_ASSETS["segment_cache"], MARTS["splits"]],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
 def retriever(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """Two-tower retriever, trained on next-item prediction, early-stopped on valid NDCG@10."""
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
-    cache = SegmentCache.load(artifact("segment_cache.pt"))
-    cfg = _train_config("retriever", model_settings, profile.retriever_steps, "ndcg@10")
+    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    cfg = _train_config(RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
     model, result = train_retriever(
         data, cache, profile.retriever, cfg, batch_size=profile.batch_size, log=context.log.info
     )
-    torch.save(model.state_dict(), artifact("retriever", "model.pt"))
-    artifact("retriever", "config.json").write_text(json.dumps(profile.retriever.__dict__))
+    save_trained(artifacts, RETRIEVER, model, profile.retriever)
     history = pd.DataFrame(result.history)
     return dg.MaterializeResult(
         metadata={
@@ -119,23 +122,28 @@ def retriever(
 
 
 @dg.asset(
-    group_name="training", deps=[segment_cache, MARTS["ctr_examples"]], pool="duckdb", kinds={"pytorch"}
+    group_name="training",
+    deps=[MODEL_ASSETS["segment_cache"], MARTS["ctr_examples"]],
+    pool="duckdb",
+    kinds={"pytorch"},
 )
 def ranker(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """Late-interaction CTR ranker over cached segments (TALLRec labels), early-stopped on valid AUC."""
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples")
-    cache = SegmentCache.load(artifact("segment_cache.pt"))
-    cfg = _train_config("ranker", model_settings, profile.ranker_steps, "auc")
+    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    cfg = _train_config(RANKER, artifacts, model_settings, profile.ranker_steps, "auc")
     model, result = train_ranker(
         data, cache, examples, profile.ranker, cfg, batch_size=profile.ranker_batch_size, log=context.log.info
     )
-    torch.save(model.state_dict(), artifact("ranker", "model.pt"))
-    artifact("ranker", "config.json").write_text(json.dumps(profile.ranker.__dict__))
+    save_trained(artifacts, RANKER, model, profile.ranker)
     return dg.MaterializeResult(
         metadata={
             **result_metadata(result, cfg, profile.ranker_batch_size),
@@ -152,7 +160,10 @@ def ranker(
     kinds={"pytorch"},
 )
 def token_ranker(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """Token-level fine-tuning (profiles ``full`` and ``smoke``): the encoder itself, trained as a
     late-interaction CTR scorer over the behaviour text's segments, early-stopped on valid AUC. The CPU
@@ -161,9 +172,8 @@ def token_ranker(
 
     model_settings.apply_threads()
     profile = model_settings.resolved()
-    out = artifact("token_ranker")
     if profile.token_ranker is None:
-        shutil.rmtree(out, ignore_errors=True)
+        artifacts.remove(TOKEN_RANKER)
         return dg.MaterializeResult(
             metadata={"token_ranker": f"off in profile {profile.name!r} (the pooled ranker serves)"}
         )
@@ -176,7 +186,7 @@ def token_ranker(
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
     cfg = replace(
-        _train_config("token_ranker", model_settings, config.max_steps, "auc"),
+        _train_config(TOKEN_RANKER, artifacts, model_settings, config.max_steps, "auc"),
         lr=config.lr,
         warmup_steps=min(500, config.max_steps // 10),
         weight_decay=0.01,
@@ -185,7 +195,7 @@ def token_ranker(
     scorer, result = train_token_ranker(
         data, encoder, examples, config, cfg, TEXT_STYLE, log=context.log.info
     )
-    save_token_ranker(scorer, config, out)
+    out = save_token_ranker(scorer, config, artifacts.path(TOKEN_RANKER))
     n_train = int((examples["split"] == "train").sum())
     return dg.MaterializeResult(
         metadata={
@@ -201,20 +211,6 @@ def token_ranker(
     )
 
 
-def load_trained(data, cache):
-    """The retriever and ranker as the training assets left them."""
-    from m6rec.models.ranking import new_ranker
-    from m6rec.models.retrieval import new_retriever
-
-    ret = new_retriever(
-        RetrieverConfig(**json.loads(artifact("retriever", "config.json").read_text())), data, cache
-    )
-    ret.load_state_dict(torch.load(artifact("retriever", "model.pt"), map_location="cpu", weights_only=True))
-    rank = new_ranker(RankerConfig(**json.loads(artifact("ranker", "config.json").read_text())), data, cache)
-    rank.load_state_dict(torch.load(artifact("ranker", "model.pt"), map_location="cpu", weights_only=True))
-    return ret.eval(), rank.eval()
-
-
 @dg.asset(
     group_name="training",
     deps=GATED_MARTS,
@@ -222,7 +218,10 @@ def load_trained(data, cache):
     kinds={"pytorch"},
 )
 def explainer(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, model_settings: ModelSettings
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """The instruct causal LM used zero-shot (no tuning on CPU): its Yes/No like-probability AUC on a
     sample of valid-split CTR examples and a few "... because" explanations, saved for the bundle."""
@@ -231,10 +230,9 @@ def explainer(
     from m6rec.models.generation import ctr_behaviour_texts, explain, like_probabilities, like_prompts
 
     model_settings.apply_threads()
-    out = artifact("explainer")
     lm = model_settings.load_explainer()
     if lm is None:
-        shutil.rmtree(out, ignore_errors=True)
+        artifacts.remove(EXPLAINER)
         return dg.MaterializeResult(metadata={"explainer": "none"})
     start = time.perf_counter()
     data = load_rec_data(warehouse.database)
@@ -261,11 +259,9 @@ def explainer(
                 style=TEXT_STYLE,
             )
         )
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.model.save_pretrained(tmp)
-    lm.tokenizer.save_pretrained(tmp)
-    replace_folder(tmp, out)
+    with artifacts.replace(EXPLAINER) as tmp:
+        lm.model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
     return dg.MaterializeResult(
         metadata={
             "explainer": lm.name,
@@ -275,6 +271,6 @@ def explainer(
             "yes_no_seconds": round(scored, 1),
             "sample_explanations": dg.MetadataValue.md("\n".join(examples)),
             "seconds": round(time.perf_counter() - start, 1),
-            "path": str(out),
+            "path": str(artifacts.path(EXPLAINER)),
         }
     )
