@@ -1,5 +1,3 @@
--- Each user's events in time order. Timestamp ties are broken by source-file order (event_seq),
--- as RecBole does with its stable sort. held_out marks cold-item events under zero-shot.
 select
     r.user_id,
     r.item_id,
@@ -12,4 +10,4 @@ select
     c.item_id is not null as is_cold_item,
     ({{ var('zero_shot') }} and c.item_id is not null) as held_out
 from {{ ref('stg_ratings') }} as r
-left join {{ ref('cold_items') }} as c using (item_id)
+left join {{ ref('int_cold_items') }} as c using (item_id)

@@ -1,22 +1,2 @@
--- A deterministic held-out set of items for zero-shot evaluation: a hash sample (seeded) of the
--- items with at least cold_item_min_interactions interactions. The set always exists; it only
--- changes the splits when var('zero_shot') is true.
-with item_counts as (
-    select item_id, count(*) as n_interactions
-    from {{ ref('stg_ratings') }}
-    group by item_id
-),
-
-eligible as (
-    select
-        item_id,
-        n_interactions,
-        row_number() over (order by md5({{ "'" ~ (var("cold_item_seed") | string | replace("'", "''")) ~ "'" }} || ':' || item_id), item_id) as draw_rank,
-        count(*) over () as n_eligible
-    from item_counts
-    where n_interactions >= {{ var('cold_item_min_interactions') }}
-)
-
 select item_id, n_interactions, draw_rank
-from eligible
-where draw_rank <= round(n_eligible * {{ var('cold_item_fraction') }})
+from {{ ref('int_cold_items') }}

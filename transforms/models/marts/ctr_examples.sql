@@ -1,6 +1,3 @@
--- Click-through examples in the TALLRec protocol: the user's N most recent earlier (non-held-out)
--- events as history, the target item and its like label (rating > like_threshold). Targets in
--- every split; a held-out cold target (zero-shot) takes the warm history that precedes it.
 {% set n = var('ctr_history_length') %}
 with warm as (
     select
@@ -18,6 +15,7 @@ with warm as (
         w_upto as (partition by user_id order by position rows between {{ n - 1 }} preceding and current row)
 ),
 
+-- A held-out cold target (zero-shot) takes the warm history that precedes it.
 cold as (
     select
         c.user_id, c.item_id, c.rating, c.ts, c.position, c.is_like, c.split,

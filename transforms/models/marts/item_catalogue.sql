@@ -1,5 +1,3 @@
--- One row per item: the text fields the models read plus popularity statistics computed on the
--- train split only (so that valid/test events never leak into features).
 with train_stats as (
     select
         item_id,
@@ -48,7 +46,6 @@ select
     last_train_ts,
     is_cold,
     popularity_rank,
-    -- "top x%" as M6-Rec verbalises it: 1 = the single most popular title, 100 = the least.
     ceil(100.0 * popularity_rank / n_items)::integer as popularity_percentile
 from ranked
 order by item_idx

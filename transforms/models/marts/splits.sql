@@ -1,8 +1,3 @@
--- Time-ordered leave-one-out, as RecBole's `eval_args: {split: {LS: valid_and_test}, order: TO}`:
--- per user the last event is test and the second-last valid, the rest train. A user with two
--- events gets train + test, a user with one event gets train only (RecBole's
--- _split_index_by_leave_one_out). Held-out cold-item events (zero-shot) get split 'cold' and are
--- left out of the leave-one-out count.
 with warm as (
     select
         *,

@@ -1,4 +1,3 @@
--- Every interaction, ordered per user (position 0 = first), with the like label.
 select
     user_id,
     item_id,

@@ -1,5 +1,3 @@
--- One row per user with events: the profile fields the behaviour text starts with (null where the
--- source has no users file) and activity counts.
 with activity as (
     select
         user_id,

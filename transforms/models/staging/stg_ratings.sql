@@ -1,4 +1,3 @@
--- Interactions with the like label. event_seq (source-file order) breaks timestamp ties.
 select
     user_id,
     item_id,
