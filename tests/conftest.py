@@ -1,4 +1,5 @@
-"""Shared fixtures: the packaged MovieLens-100K, an isolated data folder per test, tiny log folders."""
+"""Shared fixtures for every tier: the packaged MovieLens-100K, an isolated data folder per test, tiny log
+folders, one torch thread, the causal-LM tokenizer."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from m6rec.data.movielens import fetch_movielens_100k
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_CACHE = REPO_ROOT / "data" / "cache"
+from tests import SHARED_CACHE
+from tests.synthetic import INTERACTIONS, ITEMS, USERS
 
 
 @pytest.fixture(scope="session")
@@ -28,33 +28,6 @@ def m6rec_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("M6REC_INCOMING", str(home / "incoming"))
     monkeypatch.setenv("M6REC_CACHE", str(SHARED_CACHE))
     return home
-
-
-INTERACTIONS = """user_id,item_id,timestamp,rating
-u1,i1,1000,5
-u1,i2,1010,2
-u1,i3,1020,4
-u1,i4,1030,1
-u2,i2,1000,4
-u2,i1,2000,5
-u2,i3,2000,3
-u3,i4,1500,4
-u3,i2,1600,5
-u4,i1,1700,3
-"""
-ITEMS = """item_id,title,release_year,genres,director
-i1,Alien,1979,Horror|Sci-Fi,Ridley Scott
-i2,Heat,1995,Action|Crime|Thriller,Michael Mann
-i3,Toy Story,1995,Animation|Children's|Comedy,John Lasseter
-i4,Fargo,1996,Crime|Drama|Thriller,
-i5,Brand New Film,2026,Drama,
-"""
-USERS = """user_id,age,gender,occupation,zip
-u1,24,M,technician,85711
-u2,53,F,other,94043
-u3,23,M,writer,32067
-u4,33,F,artist,10001
-"""
 
 
 @pytest.fixture
@@ -92,3 +65,17 @@ def causal_tokenizer():
         return bb.smollm2_tokenizer(SHARED_CACHE)
     except bb.BackboneUnavailableError:
         return bb.builtin_causal_tokenizer()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers are folders: every test under tests/pipeline and tests/serving is marked ``slow`` and none
+    under tests/unit is, so ``pytest -m "not slow"`` is exactly the unit tier."""
+    misplaced = [
+        item.nodeid
+        for item in items
+        if (item.get_closest_marker("slow") is not None) != (Path(item.path).parent.name != "unit")
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            f"slow tests belong in tests/pipeline or tests/serving, fast ones in tests/unit: {misplaced}"
+        )

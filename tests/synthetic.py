@@ -1,4 +1,5 @@
-"""A small synthetic RecData with a learnable pattern (each user walks item i -> i+1 in a genre)."""
+"""Synthetic inputs: a small RecData with a learnable pattern (each user walks item i -> i+1 in a genre),
+marts.ctr_examples-shaped rows from it, and a tiny behaviour-log folder in the generic format."""
 
 from __future__ import annotations
 
@@ -86,3 +87,31 @@ def ctr_frame(data: RecData, history: int = 5) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+# A tiny log folder in the generic format (conftest's write_generic fixture writes it).
+INTERACTIONS = """user_id,item_id,timestamp,rating
+u1,i1,1000,5
+u1,i2,1010,2
+u1,i3,1020,4
+u1,i4,1030,1
+u2,i2,1000,4
+u2,i1,2000,5
+u2,i3,2000,3
+u3,i4,1500,4
+u3,i2,1600,5
+u4,i1,1700,3
+"""
+ITEMS = """item_id,title,release_year,genres,director
+i1,Alien,1979,Horror|Sci-Fi,Ridley Scott
+i2,Heat,1995,Action|Crime|Thriller,Michael Mann
+i3,Toy Story,1995,Animation|Children's|Comedy,John Lasseter
+i4,Fargo,1996,Crime|Drama|Thriller,
+i5,Brand New Film,2026,Drama,
+"""
+USERS = """user_id,age,gender,occupation,zip
+u1,24,M,technician,85711
+u2,53,F,other,94043
+u3,23,M,writer,32067
+u4,33,F,artist,10001
+"""

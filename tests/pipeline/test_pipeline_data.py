@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from orchestration.defs.automation import incoming_fingerprint, incoming_logs_sensor
-from tests.conftest import INTERACTIONS
+from tests.synthetic import INTERACTIONS
 
 pytestmark = pytest.mark.slow
 GX_CHECKS = {
@@ -106,7 +106,7 @@ def test_incoming_sensor_requests_one_run_per_new_drop(m6rec_home: Path, write_g
     incoming.mkdir(parents=True)
     for f in folder.iterdir():
         (incoming / f.name).write_bytes(f.read_bytes())
-    assert incoming_fingerprint(incoming) is None  # just written: may still be copying
+    assert incoming_fingerprint(incoming, settle_s=3600) is None  # changed within settle_s: may be copying
     old = time.time() - 60
     for f in incoming.iterdir():
         os.utime(f, (old, old))

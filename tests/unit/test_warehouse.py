@@ -12,7 +12,7 @@ import pytest
 from m6rec.data.sources import read_source
 from m6rec.data.tabular import DataFormatError
 from m6rec.data.warehouse import WarehouseLockedError, connect, replace_raw_tables, table_counts
-from tests.conftest import INTERACTIONS
+from tests.synthetic import INTERACTIONS
 
 
 def test_swap_then_failed_loads_leave_previous_tables(tmp_path: Path, write_generic, monkeypatch) -> None:
@@ -48,12 +48,13 @@ def test_second_writer_waits_then_fails_clearly(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             textwrap.dedent(f"""
-        import duckdb, sys, time
+        import duckdb, sys
         con = duckdb.connect({str(db)!r})
         print("locked", flush=True)
-        time.sleep(30)
+        sys.stdin.read()  # holds the lock until the test lets go (no sleep that could run out)
     """),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -67,5 +68,5 @@ def test_second_writer_waits_then_fails_clearly(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
-    with connect(db, wait_s=10) as conn:  # free again once the other writer is gone
+    with connect(db, wait_s=60) as conn:  # free again once the other writer is gone
         assert conn.execute("select x from t").fetchall() == [(1,)]

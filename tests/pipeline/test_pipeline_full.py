@@ -1,5 +1,5 @@
-"""The whole graph in-process with the smoke profile (tiny random backbones) on MovieLens-100K, and the
-promotion gate both ways."""
+"""The whole graph in-process with the smoke profile (tiny random backbones) on MovieLens-100K (the
+``smoke_run`` fixture), and the promotion gate both ways."""
 
 from __future__ import annotations
 
@@ -10,35 +10,15 @@ import dagster as dg
 import pytest
 
 from orchestration.defs.evaluation import promotion_decision
+from tests.pipeline import asset_metadata
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("M6REC_HOME", str(home))
-        mp.setenv("M6REC_DUCKDB_PATH", str(home / "warehouse.duckdb"))
-        mp.setenv("M6REC_CACHE", str(Path(__file__).resolve().parents[1] / "data" / "cache"))
-        mp.setenv("M6REC_PROFILE", "smoke")
-        mp.setenv("BENTOML_HOME", str(home / "bentoml"))
-        from orchestration.definitions import defs
-
-        job = defs().resolve_job_def("m6rec_pipeline")
-        result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-        yield home, result
-
-
-def _meta(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
 def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> None:
     home, result = smoke_run
     assert result.success
-    report = _meta(result, "offline_evaluation")
+    report = asset_metadata(result, "offline_evaluation")
     table = report["report"]
     for row in (
         "m6rec retriever",
@@ -51,7 +31,7 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
         assert f"| {row} |" in table
     assert 0.0 <= report["test_ndcg@10"] <= 1.0 and 0.0 <= report["test_ctr_auc"] <= 1.0
     assert report["ndcg_at_k_plot"].startswith("![NDCG@K](data:image/png;base64,")
-    training = _meta(result, "retriever")
+    training = asset_metadata(result, "retriever")
     assert (
         training["profile"] == "smoke"
         and training["trainable_parameters"] > 0
@@ -66,16 +46,16 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
         "token_ranker_valid_auc",
     }
     assert "m6rec model card" in (champion / "model_card.md").read_text()
-    assert _meta(result, "promoted_model")["promoted"] is True
+    assert asset_metadata(result, "promoted_model")["promoted"] is True
     # smoke fine-tunes the (tiny) encoder at token level, as full does, and the bundle serves it.
-    token = _meta(result, "token_ranker")
+    token = asset_metadata(result, "token_ranker")
     assert token["top_layers"] == 1 and token["steps"] > 0 and token["trainable_parameters"] > 0
-    assert _meta(result, "item_index")["serving_ranker"] == "token"
+    assert asset_metadata(result, "item_index")["serving_ranker"] == "token"
 
 
 def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
     home, result = smoke_run
-    meta = _meta(result, "bento")
+    meta = asset_metadata(result, "bento")
     assert meta["rebuilt"] is True and meta["bento_tag"].startswith("m6rec:")
     contents = meta["contents"]
     for part in (

@@ -1,9 +1,9 @@
 """Property-based fuzzing of the live BentoML service against the OpenAPI schema it publishes.
 
-The server is the one of ``tests/test_service.py`` (its ``store`` and ``client`` fixtures: a tiny bundle
-in a temporary BentoML store, ``bentoml serve`` on a free localhost port). The schema is read from the
-running server (``/docs.json``) and handed to Schemathesis, which generates requests for every ``POST``
-operation with Hypothesis, deterministically (``derandomize``) and with a bounded number of examples:
+The server comes from the serving tier's ``store`` and ``client`` fixtures (``tests/serving/conftest.py``:
+a tiny bundle in a temporary BentoML store, ``bentoml serve`` on a free localhost port). The schema is read
+from the running server (``/docs.json``) and handed to Schemathesis, which generates requests for every
+``POST`` operation with Hypothesis, deterministically (``derandomize``) and with a bounded number of examples:
 
 * ``test_fuzz_live_schema``: the schema as served, schema-valid and schema-violating bodies (Schemathesis's
   positive and negative generation modes). Random item ids are almost never in the catalogue, so this
@@ -45,12 +45,11 @@ from schemathesis.checks import (
 )
 
 from m6rec.serving.service import M6Rec
-from tests.test_service import client, post, store  # noqa: F401  (module-scoped fixtures, reused)
+from tests.serving import REQUEST_TIMEOUT_S, post
 
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 50  # per operation and generation mode
-REQUEST_TIMEOUT_S = 60.0
 ROUTES = sorted(api.route for api in M6Rec.apis.values())  # every endpoint the service defines
 ID_ROUTES = [r for r in ROUTES if r != "/model_info"]  # the endpoints that take item ids
 
@@ -61,7 +60,7 @@ def _config(base_url: str) -> schemathesis.Config:
 
 
 @pytest.fixture(scope="module")
-def openapi_doc(client: httpx.Client) -> dict[str, Any]:  # noqa: F811
+def openapi_doc(client: httpx.Client) -> dict[str, Any]:
     """The OpenAPI document the running server publishes."""
     r = client.get("/docs.json")
     assert r.status_code == 200, r.text
@@ -72,7 +71,7 @@ def openapi_doc(client: httpx.Client) -> dict[str, Any]:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def catalogue_ids(store: dict) -> list[str]:  # noqa: F811
+def catalogue_ids(store: dict) -> list[str]:
     return sorted(pd.read_parquet(Path(store["bundle"]) / "items.parquet")["item_id"].astype(str))
 
 
@@ -86,7 +85,7 @@ def http() -> requests.Session:
 
 
 @pytest.fixture(scope="module")
-def live_schema(openapi_doc: dict, client: httpx.Client):  # noqa: F811
+def live_schema(openapi_doc: dict, client: httpx.Client):
     schema = schemathesis.openapi.from_dict(openapi_doc, config=_config(str(client.base_url)))
     return schema.include(method="POST")
 
@@ -112,7 +111,7 @@ def _narrow_ids(node: Any, ids: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def catalogue_schema(openapi_doc: dict, catalogue_ids: list[str], client: httpx.Client):  # noqa: F811
+def catalogue_schema(openapi_doc: dict, catalogue_ids: list[str], client: httpx.Client):
     doc = copy.deepcopy(openapi_doc)
     _narrow_ids(doc, catalogue_ids)
     for ops in doc["paths"].values():
@@ -232,7 +231,7 @@ class _Marker:
 
 
 def test_pickle_bodies_are_refused_and_never_unpickled(
-    client: httpx.Client,  # noqa: F811
+    client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "unpickled"
@@ -246,7 +245,7 @@ def test_pickle_bodies_are_refused_and_never_unpickled(
     assert marker.exists()
 
 
-def test_a_json_body_naming_files_is_only_an_unknown_id(client: httpx.Client) -> None:  # noqa: F811
+def test_a_json_body_naming_files_is_only_an_unknown_id(client: httpx.Client) -> None:
     for item in ("../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "__import__('os')", "{{7*7}}"):
         r = post(client, "/similar_items", {"item_id": item, "k": 3})
         assert r.status_code == 400, r.text

@@ -10,7 +10,7 @@ import pytest
 
 from m6rec.data.sources import ML100K_GENRES, detect_format, read_source
 from m6rec.data.tabular import DataFormatError
-from tests.conftest import INTERACTIONS, ITEMS
+from tests.synthetic import INTERACTIONS, ITEMS
 
 
 def test_recbole_ml100k(ml100k_dir: Path) -> None:

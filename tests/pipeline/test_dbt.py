@@ -15,8 +15,8 @@ import pytest
 
 from m6rec.data.sources import read_source
 from m6rec.data.warehouse import connect, replace_raw_tables
+from tests import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

@@ -42,9 +42,8 @@ from m6rec.serving.schemas import (
 )
 from m6rec.text.textify import Profile, profile_text
 from m6rec.training.profiles import get_profile
+from tests import REPO_ROOT
 from tests.bundle_fixtures import build_tiny_bundle
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------
 # an audit hook that records file-system, process and code-loading events while switched on
@@ -261,7 +260,7 @@ def test_free_text_and_profiles_are_only_ever_text(engine: Engine) -> None:
 
 
 def test_a_profile_starting_with_a_superscript_digit_is_rendered() -> None:
-    # found by tests/test_service_fuzz.py: {"profile": {"occupation": "²..."}} -> HTTP 500
+    # found by tests/serving/test_service_fuzz.py: {"profile": {"occupation": "²..."}} -> HTTP 500
     assert profile_text(Profile(occupation="²nd shift nurse")).endswith("²nd shift nurse.")
 
 

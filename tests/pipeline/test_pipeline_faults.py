@@ -1,5 +1,9 @@
 """Faults the pipeline must survive: two data runs at once against one DuckDB file, and a failed data
-check that must leave the champion model, and the Bento built from it, exactly as they were."""
+check that must leave the champion model, and the Bento built from it, exactly as they were.
+
+The two runs overlap by construction, not by timing: the test holds the warehouse's write lock while the
+first run's ingest step waits for it, launches the second run, and lets go only once the second run is
+waiting too (for the lock, or for the ``duckdb`` pool slot the first run holds)."""
 
 from __future__ import annotations
 
@@ -10,18 +14,22 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from tests.conftest import INTERACTIONS, REPO_ROOT
-from tests.test_pipeline_full import _meta, smoke_run  # noqa: F401  (module-scoped: a smoke run of our own)
+from tests import REPO_ROOT
+from tests.pipeline import asset_metadata
+from tests.servers import log_tail
+from tests.synthetic import INTERACTIONS
 
 pytestmark = pytest.mark.slow
 
-LAUNCH_TIMEOUT_S = 300
+WAIT_S = 600  # generous bounds on waiting for a launched run (a busy CI machine is slow, never wrong)
 # What a run that lost the race for the DuckDB lock may say: m6rec.data.warehouse.connect's message (the
 # Python steps and the dbt step wait for the lock the same way, then fail with it).
 LOCK_MESSAGES = re.compile(r"is locked by another process for more than")
@@ -115,10 +123,36 @@ def _dbt_tests_pass(db: Path, tmp_path: Path) -> None:
         env={**os.environ, "M6REC_DUCKDB_PATH": str(db)},
         capture_output=True,
         text=True,
-        timeout=120,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _ingest_is_waiting(instance: dg.DagsterInstance, run_id: str) -> bool:
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "STEP_START" and event.step_key == "raw_behaviour_logs":
+            return True
+        if event.event_type_value == "ENGINE_EVENT" and "blocked by limit for pool duckdb" in (
+            record.message or ""
+        ):
+            return True
+    return False
+
+
+def _wait_until(
+    condition: Callable[[], bool], what: str, procs: list[subprocess.Popen], logs: list[Path]
+) -> None:
+    """Poll ``condition`` for up to WAIT_S; fail, with the launch logs, if a launch exits or time runs out."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        exited = [i for i, p in enumerate(procs) if p.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            reason = f"dg launch {exited} exited" if exited else f"not within {WAIT_S} s"
+            pytest.fail(f"waiting for {what}: {reason}\n" + "\n".join(log_tail(log) for log in logs))
+        time.sleep(1.0)
 
 
 @pytest.mark.parametrize("with_pool", [True, False], ids=["duckdb_pool", "no_pool"])
@@ -136,19 +170,39 @@ def test_two_data_runs_at_once_leave_a_valid_warehouse(
         "OMP_NUM_THREADS": "1",
         "M6REC_TORCH_THREADS": "1",
     }
-    config = {"ops": {"raw_behaviour_logs": {"config": {"source": str(write_generic())}}}}
+    config = {
+        "ops": {"raw_behaviour_logs": {"config": {"source": str(write_generic())}}},
+        # the waits below may take minutes on a busy machine: no step gives up on the lock meanwhile
+        "resources": {"warehouse": {"config": {"database": str(db), "lock_wait_s": 3 * WAIT_S}}},
+    }
     cmd = [str(Path(sys.executable).parent / "dg"), "launch", "--job", "data_pipeline"]
     cmd += ["--config-json", json.dumps(config)]
     logs = [tmp_path / f"launch_{i}.log" for i in range(2)]
-    procs = []
+    procs: list[subprocess.Popen] = []
+
+    def launch(log: Path) -> None:
+        with log.open("w") as out:
+            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+    def waiting_runs() -> int:
+        """Launched runs whose ingest step has started (and waits for the lock) or waits for the pool."""
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            return sum(_ingest_is_waiting(instance, r.dagster_run.run_id) for r in instance.get_run_records())
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    holder = duckdb.connect(str(db))  # the write lock: every step that opens the warehouse waits for it
     try:
-        for log in logs:
-            with log.open("w") as out:
-                procs.append(
-                    subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-                )
-        codes = [p.wait(timeout=LAUNCH_TIMEOUT_S) for p in procs]
+        launch(logs[0])
+        _wait_until(lambda: waiting_runs() == 1, "the first run's ingest step to start", procs, logs)
+        launch(logs[1])
+        _wait_until(lambda: waiting_runs() == 2, "the second run to wait for the lock or pool", procs, logs)
+        holder.close()
+        try:
+            codes = [p.wait(timeout=WAIT_S) for p in procs]
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the runs did not finish within {WAIT_S} s\n" + "\n".join(log_tail(g) for g in logs))
     finally:
+        holder.close()
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -156,11 +210,11 @@ def test_two_data_runs_at_once_leave_a_valid_warehouse(
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         records = instance.get_run_records()
-        assert len(records) == 2, [log.read_text()[-3000:] for log in logs]
+        assert len(records) == 2, [log_tail(log) for log in logs]
         runs = [(r, _run_steps(instance, r.dagster_run.run_id)) for r in records]
-    tails = [log.read_text()[-3000:] for log in logs]
+    tails = [log_tail(log, 3000) for log in logs]
 
-    # Both runs really ran at the same time (else this proves nothing).
+    # The two runs overlapped (by construction: the first was waiting when the second started).
     (a, steps_a), (b, steps_b) = runs
     assert max(a.start_time, b.start_time) < min(a.end_time, b.end_time), "the two runs did not overlap"
 
@@ -237,7 +291,7 @@ def _marts_splits(home: Path) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("drop", list(BAD_DROPS))
 def test_failed_data_check_keeps_the_promoted_model_and_its_bento(
-    smoke_run,  # noqa: F811  (the fixture imported above)
+    smoke_run,
     write_generic,
     drop: str,
 ) -> None:
@@ -245,8 +299,8 @@ def test_failed_data_check_keeps_the_promoted_model_and_its_bento(
     from orchestration.definitions import defs
 
     home, first = smoke_run  # the whole graph once: a champion and its Bento
-    assert first.success and _meta(first, "promoted_model")["promoted"] is True
-    built = _meta(first, "bento")
+    assert first.success and asset_metadata(first, "promoted_model")["promoted"] is True
+    built = asset_metadata(first, "bento")
     artifacts = home / "artifacts"
     champion = artifacts / "champion"
     before = _snapshot(champion)

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -16,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import REPO_ROOT, SHARED_CACHE
+from tests.servers import free_port, server_process
+
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+RUN_WAIT_S = 600
 
 
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -31,10 +25,13 @@ def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=120) as response:
         payload = json.loads(response.read())
     assert "errors" not in payload, payload["errors"]
     return payload["data"]
+
+
+REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 
 
 @pytest.fixture(scope="module")
@@ -42,50 +39,28 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("ui")
     dagster_home = home / "dagster_home"
     dagster_home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
         "M6REC_HOME": str(home / "data"),
         "M6REC_DUCKDB_PATH": str(home / "data" / "warehouse.duckdb"),
-        "M6REC_CACHE": str(REPO / "data" / "cache"),
+        "M6REC_CACHE": str(SHARED_CACHE),
         "M6REC_INCOMING": str(home / "incoming"),
         "M6REC_PROFILE": "smoke",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)]
+    with server_process(
+        cmd,
+        cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                data = _graphql(
-                    port,
-                    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name "
-                    "location { name } } } } }",
-                )
-                if data["repositoriesOrError"]["nodes"]:
-                    break
-            except Exception:
-                pass
-            assert proc.poll() is None, "dg dev exited"
-            time.sleep(2)
-        else:
-            pytest.fail("dg dev did not serve its GraphQL API within 180 s")
-        yield port, data["repositoriesOrError"]["nodes"][0]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        log=home / "dg_dev.log",
+        ready=lambda: bool(_graphql(port, REPOSITORIES)["repositoriesOrError"]["nodes"]),
+        name="dg dev",
+    ):
+        yield port, _graphql(port, REPOSITORIES)["repositoriesOrError"]["nodes"][0]
 
 
 def test_graph_and_checks_load(dagster_dev) -> None:
@@ -121,12 +96,12 @@ def test_launched_run_succeeds(dagster_dev) -> None:
     )["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
-    deadline, status = time.time() + 300, None
-    while time.time() < deadline:
+    deadline, status = time.monotonic() + RUN_WAIT_S, None  # generous: a hang guard, not a speed check
+    while time.monotonic() < deadline:
         status = _graphql(
             port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id}
         )["runOrError"]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         time.sleep(3)
-    assert status == "SUCCESS"
+    assert status == "SUCCESS", status
