@@ -26,13 +26,8 @@ from m6rec.data.marts import load_rec_data
 from m6rec.evaluation.offline import evaluate, genre_features, ranking_report
 from m6rec.models.backbones import load_encoder
 from m6rec.models.ranking import train_ranker
-from m6rec.models.retrieval import (
-    SegmentCache,
-    build_segment_cache,
-    query_windows,
-    score_windows,
-    train_retriever,
-)
+from m6rec.models.retrieval import query_windows, score_windows, train_retriever
+from m6rec.models.segments import SegmentCache, build_segment_cache
 from m6rec.text.textify import TextStyle
 from m6rec.training.profiles import get_profile
 from m6rec.training.trainer import TrainConfig

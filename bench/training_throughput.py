@@ -43,7 +43,8 @@ from m6rec.data.marts import load_rec_data  # noqa: E402
 from m6rec.models.backbones import load_causal_lm, load_encoder  # noqa: E402
 from m6rec.models.late_interaction import TokenRankerConfig, example_segments, train_token_ranker  # noqa: E402
 from m6rec.models.ranking import train_ranker  # noqa: E402
-from m6rec.models.retrieval import SegmentCache, train_retriever, training_windows  # noqa: E402
+from m6rec.models.retrieval import train_retriever, training_windows  # noqa: E402
+from m6rec.models.segments import SegmentCache  # noqa: E402
 from m6rec.text.textify import TextStyle  # noqa: E402
 from m6rec.training.profiles import get_profile  # noqa: E402
 from m6rec.training.trainer import TrainConfig  # noqa: E402

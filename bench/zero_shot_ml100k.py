@@ -26,7 +26,8 @@ from m6rec.data.sources import read_source
 from m6rec.data.warehouse import connect, replace_raw_tables
 from m6rec.evaluation.zero_shot import zero_shot_report
 from m6rec.models.backbones import load_encoder
-from m6rec.models.retrieval import RetrieverConfig, build_segment_cache, evaluate_retrieval, train_retriever
+from m6rec.models.retrieval import RetrieverConfig, evaluate_retrieval, train_retriever
+from m6rec.models.segments import build_segment_cache
 from m6rec.text.textify import TextStyle
 from m6rec.training.trainer import TrainConfig
 
