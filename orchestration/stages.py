@@ -9,6 +9,7 @@ from dataclasses import asdict
 import dagster as dg
 
 from m6rec.text.textify import TextStyle
+from orchestration.defs.resources import ArtifactStore
 
 RAW_KEYS = {name: dg.AssetKey(["raw", name]) for name in ("ratings", "items", "users")}
 MARTS = {
@@ -19,6 +20,7 @@ MARTS = {
 # of them, so a failed suite on any one stops all training in that run (not only the branch below it).
 GATED_MARTS = [MARTS["splits"], MARTS["ctr_examples"], MARTS["item_catalogue"]]
 GATED_MART_CHECKS = [dg.AssetCheckKey(key, f"{key.path[-1]}_suite") for key in GATED_MARTS]
+# The assets after the marts, from the segment cache to the promotion gate.
 MODEL_ASSETS = {
     name: dg.AssetKey(name)
     for name in (
@@ -44,7 +46,7 @@ BENTO_RECORD = "bento.json"  # which Bento was built from which champion
 TEXT_STYLE = TextStyle(with_popularity=True)
 
 
-def save_trained(store, name: str, model, config) -> None:
+def save_trained(store: ArtifactStore, name: str, model, config) -> None:
     """A trained retriever or ranker: its weights and its config, each written atomically."""
     import torch
 
@@ -53,7 +55,7 @@ def save_trained(store, name: str, model, config) -> None:
     store.write(f"{name}/config.json", json.dumps(asdict(config)))
 
 
-def load_trained(store, data, cache):
+def load_trained(store: ArtifactStore, data, cache):
     """The retriever and ranker as the training assets left them (eval mode)."""
     import torch
 
