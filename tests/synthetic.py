@@ -48,6 +48,8 @@ def synthetic_rec_data(n_users: int = 24, n_items: int = 40, length: int = 12, s
     items["n_train_interactions"] = counts.to_numpy()
     items["mean_train_rating"] = train.groupby("item_idx")["rating"].mean().reindex(range(n_items)).to_numpy()
     items["is_cold"] = False
+    # each item is followed by the next one in every walk (marts.item_catalogue's "often watched next")
+    items["watched_next_ids"] = [[f"i{(i + 1) % n_items}"] for i in range(n_items)]
     items["popularity_rank"] = counts.rank(ascending=False, method="min").astype(int).to_numpy()
     items["popularity_percentile"] = np.ceil(100 * items["popularity_rank"] / n_items).astype(int)
     users = pd.DataFrame(

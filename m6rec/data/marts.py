@@ -37,9 +37,12 @@ class RecData:
         return dict(zip(self.items["item_id"], self.items["item_idx"], strict=True))
 
     def item_texts(self) -> list[ItemText]:
-        """Catalogue rows as textify inputs; mart percentile 1 = most popular -> textify 99."""
+        """Catalogue rows as textify inputs; mart percentile 1 = most popular -> textify 99. The
+        ``watched_next_ids`` column (absent in older catalogues) becomes the followers' titles."""
+        titles = dict(zip(self.items["item_id"], self.items["title"], strict=True))
         out = []
         for row in self.items.itertuples(index=False):
+            followers = getattr(row, "watched_next_ids", None)
             attributes = json.loads(row.attributes) if isinstance(row.attributes, str) else {}
             out.append(
                 ItemText(
@@ -48,6 +51,9 @@ class RecData:
                     genres=tuple(row.genres) if row.genres is not None else (),
                     popularity_percentile=100 - float(row.popularity_percentile),
                     attributes=attributes,
+                    watched_next=tuple(titles[i] for i in followers if i in titles)
+                    if followers is not None
+                    else (),
                 )
             )
         return out

@@ -136,6 +136,30 @@ class Encoder:
             chunks.append(vec.float().cpu())
         return torch.cat(chunks)
 
+    @torch.no_grad()
+    def encode_layers(
+        self,
+        texts: Sequence[str],
+        layers: Sequence[int],
+        *,
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> list[torch.Tensor]:
+        """Mean-pooled hidden states of ``texts`` after each of ``layers`` (0 = the embedding layer,
+        ``num_layers`` = the last), not normalised: one float32 CPU tensor ``[len(texts), hidden]`` per
+        layer. What the tuned top layers of :mod:`m6rec.models.lm_layers` read for each segment."""
+        texts = list(texts)
+        for layer in layers:
+            if not 0 <= layer <= self.num_layers:
+                raise ValueError(f"layer must be in 0..{self.num_layers}, got {layer}")
+        chunks: list[list[torch.Tensor]] = [[] for _ in layers]
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenize(texts[start : start + batch_size], max_length)
+            hidden = self.model(**batch, output_hidden_states=True).hidden_states
+            for out, layer in zip(chunks, layers, strict=True):
+                out.append(mean_pool(hidden[layer], batch["attention_mask"]).float().cpu())
+        return [torch.cat(c) if c else torch.empty(0, self.hidden_size) for c in chunks]
+
 
 @dataclass
 class CausalLM:

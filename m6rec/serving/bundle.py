@@ -48,6 +48,7 @@ ITEM_COLUMNS = [
     "popularity_rank",
     "popularity_percentile",
     "is_cold",
+    "watched_next_ids",
 ]
 
 

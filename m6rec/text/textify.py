@@ -55,13 +55,16 @@ DAY = 86_400
 class ItemText:
     """What the text may say about an item. ``popularity_percentile`` is a percentile rank in [0, 100]
     where 100 is the most popular item (so 97 reads "top 3%"). ``attributes`` are extra ``key: value``
-    facts for non-movie catalogues (keys that look like identifiers are never rendered)."""
+    facts for non-movie catalogues (keys that look like identifiers are never rendered).
+    ``watched_next`` names the titles other users most often watched right after this one
+    (collaborative signal as text; shown only when ``TextStyle.with_watched_next``)."""
 
     title: str
     release_year: int | None = None
     genres: Sequence[str] = ()
     popularity_percentile: float | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    watched_next: Sequence[str] = ()
 
 
 @dataclass
@@ -85,12 +88,15 @@ class Event:
 @dataclass(frozen=True)
 class TextStyle:
     """Wording knobs. ``verb``: "watched" for movies, e.g. "bought" or "read" elsewhere. ``item_noun`` is
-    used by the popularity phrase ("a popular title, top 5%"), shown only when ``with_popularity``."""
+    used by the popularity phrase ("a popular title, top 5%"), shown only when ``with_popularity``.
+    ``with_watched_next`` adds "often watched next: A, B" (the item's ``watched_next`` titles): the item
+    segments the retrieval and CTR models cache read it; whole behaviour sentences leave it out."""
 
     verb: str = "watched"
     item_noun: str = "title"
     with_popularity: bool = False
     rating_unit: str = "star"
+    with_watched_next: bool = False
 
 
 DEFAULT_STYLE = TextStyle()
@@ -207,7 +213,8 @@ def _is_id_key(key: str) -> bool:
 
 def item_text(item: ItemText, style: TextStyle = DEFAULT_STYLE) -> str:
     """ "Toy Story (1995; Animation, Children's, Comedy)"; the parenthesis holds whatever is known:
-    year, genres, the popularity phrase (``style.with_popularity``) and extra attributes."""
+    year, genres, the popularity phrase (``style.with_popularity``), extra attributes and the titles
+    often watched next (``style.with_watched_next``)."""
     title, year = clean_title(item.title or "", item.release_year)
     if not title:
         title = f"an untitled {style.item_noun}"
@@ -225,6 +232,11 @@ def item_text(item: ItemText, style: TextStyle = DEFAULT_STYLE) -> str:
         if _is_id_key(key) or _missing(value) or str(value).strip() == "":
             continue
         details.append(f"{key}: {value}")
+    if style.with_watched_next:
+        followers = [clean_title(t)[0] for t in item.watched_next or () if not _missing(t)]
+        followers = [t for t in followers if t]
+        if followers:
+            details.append(f"often {style.verb} next: {', '.join(followers)}")
     return f"{title} ({'; '.join(details)})" if details else title
 
 

@@ -66,6 +66,16 @@ class TrainResult:
         return self.steps / self.step_seconds if self.step_seconds > 0 else math.nan
 
 
+def _trainable(params: Iterable[Any]) -> list[Any]:
+    """The parameters that require grad; parameter groups (dicts with their own ``lr``, ...) keep their
+    settings, and a group left with nothing to train is dropped."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        return [g for g in groups if g["params"]]
+    return [p for p in params if p.requires_grad]
+
+
 def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
@@ -83,7 +93,7 @@ class Trainer:
         config: TrainConfig,
         *,
         log: Callable[[str], None] | None = None,
-        params: Iterable[torch.nn.Parameter] | None = None,
+        params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]] | None = None,
     ) -> None:
         self.config, self.loss_fn, self.eval_fn, self.log = config, loss_fn, eval_fn, log or (lambda _: None)
         precision = config.mixed_precision
@@ -96,8 +106,11 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         set_seed(config.seed)
-        trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            _trainable(model.parameters() if params is None else params),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
         warmup = max(config.warmup_steps, 0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0

@@ -64,6 +64,9 @@ class DbtBuildConfig(dg.Config):
     cold_item_fraction: float = 0.05
     cold_item_min_interactions: int = 10
     cold_item_seed: str = "m6rec"
+    watched_next_count: int = 3
+    watched_next_window: int = 3
+    watched_next_min_count: int = 2
 
 
 @dbt_assets(

@@ -11,6 +11,40 @@ with train_stats as (
     group by item_id
 ),
 
+-- "Often watched next": for item a, the items b that came within the next `watched_next_window` train
+-- events of the same user, at least `watched_next_min_count` times, best by count / sqrt(b's train
+-- popularity) (so that blockbusters do not follow everything). Collaborative signal the text can say.
+transitions as (
+    select a.item_id, b.item_id as next_item_id, count(*) as n
+    from {{ ref('splits') }} as a
+    inner join {{ ref('splits') }} as b
+        on
+            a.user_id = b.user_id
+            and b.position > a.position
+            and b.position <= a.position + {{ var('watched_next_window') }}
+    where a.split = 'train' and b.split = 'train' and a.item_id <> b.item_id
+    group by a.item_id, b.item_id
+    having count(*) >= {{ var('watched_next_min_count') }}
+),
+
+next_ranked as (
+    select
+        t.item_id,
+        t.next_item_id,
+        row_number() over (
+            partition by t.item_id order by t.n / sqrt(s.n_train) desc, t.next_item_id
+        ) as k
+    from transitions as t
+    inner join train_stats as s on t.next_item_id = s.item_id
+),
+
+watched_next as (
+    select item_id, list(next_item_id order by k) as watched_next_ids
+    from next_ranked
+    where k <= {{ var('watched_next_count') }}
+    group by item_id
+),
+
 ranked as (
     select
         i.item_id,
@@ -24,11 +58,13 @@ ranked as (
         t.first_train_ts,
         t.last_train_ts,
         c.item_id is not null as is_cold,
+        coalesce(w.watched_next_ids, []::varchar []) as watched_next_ids,
         rank() over (order by coalesce(t.n_train, 0) desc) as popularity_rank,
         count(*) over () as n_items,
         row_number() over (order by try_cast(i.item_id as bigint) nulls last, i.item_id) - 1 as item_idx
     from {{ ref('stg_items') }} as i
     left join train_stats as t using (item_id)
+    left join watched_next as w using (item_id)
     left join {{ ref('cold_items') }} as c using (item_id)
 )
 
@@ -45,6 +81,7 @@ select
     first_train_ts,
     last_train_ts,
     is_cold,
+    watched_next_ids,
     popularity_rank,
     ceil(100.0 * popularity_rank / n_items)::integer as popularity_percentile
 from ranked

@@ -1,0 +1,252 @@
+"""The pretrained encoder's own top layers, tuned on behaviour: M6-Rec's recipe made to fit a CPU.
+
+M6-Rec reads a user's behaviour as text with one pretrained language model and fine-tunes it. Run
+token by token through every layer, that costs hours per epoch on a CPU (docs/benchmarks.md). The
+multi-segment late-interaction structure makes it affordable: the lower ``split`` layers of the encoder
+run once per *segment* — every item text and every profile text — and their mean-pooled states are
+cached (:class:`LowerLayerCache`). The top ``L - split`` layers, copied from the checkpoint, then run
+over the concatenated segments of a request (profile, history items with the rating given and the time
+gap, a candidate) with segment-type and position embeddings, and are tuned on behaviour: every weight
+(``tuning="full"``), low-rank adapters on every linear map (``"lora"``, peft), or nothing (``"frozen"``,
+an ablation). With ``split=0`` every layer is tuned (the GPU profile).
+
+This module holds what both tasks share: the cache, the tuned layers (:class:`TopLayers`) and the
+segment embeddings (:class:`LMSegmentModel`). The retriever is :mod:`m6rec.models.lm_retrieval`, the
+CTR scorer :mod:`m6rec.models.lm_ranking`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m6rec.data.marts import RecData
+from m6rec.files import staged
+from m6rec.models.backbones import Encoder
+from m6rec.models.segments import HISTORY, N_GAP_BUCKETS, N_RATING_IDS, PROFILE, SegmentCache
+from m6rec.text.textify import TextStyle, item_text, profile_text
+
+TUNING_METHODS = ("full", "lora", "frozen")
+LORA_TARGETS = ("query", "key", "value", "dense")  # every linear map of a BERT layer
+
+# --- the cache: lower layers, once per segment ------------------------------------------------------
+
+
+@dataclass
+class LowerLayerCache:
+    """Pooled states of every item and profile segment after the encoder's lower ``split`` layers, and
+    their sentence embeddings (every layer, pooled, L2-normalised): the item tower's input, and the
+    frozen-feature models' :class:`~m6rec.models.segments.SegmentCache` (:meth:`sentences`), so one
+    encoder pass serves both."""
+
+    split: int
+    item_states: torch.Tensor  # [n_items, H]
+    item_sentences: torch.Tensor  # [n_items, H]
+    profile_states: torch.Tensor  # [n_users, H]
+    profile_sentences: torch.Tensor  # [n_users, H]
+    encoder_name: str
+    style: dict
+
+    def sentences(self) -> SegmentCache:
+        """The sentence embeddings alone, as the frozen-feature models read them."""
+        return SegmentCache(
+            item_states=self.item_sentences,
+            profile_states=self.profile_sentences,
+            encoder_name=self.encoder_name,
+            style=self.style,
+        )
+
+    def save(self, path: str | Path) -> None:
+        with staged(path) as tmp:
+            torch.save(asdict(self), tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LowerLayerCache:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+def build_lower_cache(
+    encoder: Encoder, data: RecData, style: TextStyle, split: int, batch_size: int = 64
+) -> LowerLayerCache:
+    """One pass of the frozen encoder over every item text and profile text (the texts and lengths of
+    :func:`m6rec.models.segments.build_segment_cache`, whose states :meth:`LowerLayerCache.sentences`
+    equals)."""
+    if not 0 <= split < encoder.num_layers:
+        raise ValueError(f"split must be in 0..{encoder.num_layers - 1} (layers cached), got {split}")
+    layers = (split, encoder.num_layers)
+    items = [item_text(t, style) for t in data.item_texts()]
+    profiles = [profile_text(p) for p in data.profiles()]
+    item_low, item_top = encoder.encode_layers(items, layers, max_length=64, batch_size=batch_size)
+    profile_low, profile_top = encoder.encode_layers(profiles, layers, max_length=32, batch_size=batch_size)
+    return LowerLayerCache(
+        split=split,
+        item_states=item_low,
+        item_sentences=F.normalize(item_top, dim=-1),
+        profile_states=profile_low,
+        profile_sentences=F.normalize(profile_top, dim=-1),
+        encoder_name=encoder.name,
+        style=asdict(style),
+    )
+
+
+# --- the tuned top layers ---------------------------------------------------------------------------
+
+
+class TopLayers(nn.Module):
+    """The encoder's layers ``split..L-1``, copied with their pretrained weights, over a sequence of
+    segment states. ``tuning``: ``"full"`` trains every weight, ``"lora"`` adds rank-``r`` adapters to
+    every linear map (peft) and freezes the rest, ``"frozen"`` trains none (an ablation)."""
+
+    def __init__(self, encoder_model: nn.Module, split: int, tuning: str = "full", lora_rank: int = 8):
+        super().__init__()
+        if tuning not in TUNING_METHODS:
+            raise ValueError(f"unknown tuning {tuning!r}; choose one of {TUNING_METHODS}")
+        layers = getattr(getattr(encoder_model, "encoder", None), "layer", None)
+        if layers is None:
+            raise TypeError(
+                f"{type(encoder_model).__name__} has no encoder.layer list: tuned top layers need a "
+                "BERT-style encoder (MiniLM, BERT, RoBERTa, ...)"
+            )
+        if not 0 <= split < len(layers):
+            raise ValueError(f"split must be in 0..{len(layers) - 1}, got {split}")
+        self.layers = nn.ModuleList(copy.deepcopy(list(layers[split:])))
+        self.tuning = tuning
+        if tuning == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            config = LoraConfig(
+                r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=list(LORA_TARGETS)
+            )
+            inject_adapter_in_model(config, self.layers)
+            for name, p in self.layers.named_parameters():
+                p.requires_grad_("lora_" in name)
+        elif tuning == "frozen":
+            self.layers.requires_grad_(False)
+
+    @staticmethod
+    def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        out = layer(hidden, attention_mask=mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask``: additive attention mask ``[B, 1, T or 1, T]`` (0 = attend), or None."""
+        for layer in self.layers:
+            hidden = self.run_layer(layer, hidden, mask)
+        return hidden
+
+    def pretrained_parameters(self) -> int:
+        """Weights of the language model (or adapters on it) that receive gradients."""
+        return sum(p.numel() for p in self.layers.parameters() if p.requires_grad)
+
+
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """bool ``[B, Tq, Tk]`` (True = may attend) -> the float mask the HF layers add to their scores."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )[:, None]
+
+
+def attend_to_context(
+    layer: nn.Module, queries: torch.Tensor, context: torch.Tensor, real: torch.Tensor
+) -> torch.Tensor:
+    """One BERT layer for ``queries`` [N, 1, H] that attend to one shared ``context`` [1, T, H] (its
+    ``real`` [1, T] positions) and to themselves; the context is not changed. The same arithmetic as
+    the layer's own forward with the matching mask, without repeating the context N times."""
+    attn = layer.attention.self
+    n, heads, size = queries.shape[0], attn.num_attention_heads, attn.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], heads, size).transpose(1, 2)
+
+    q = split(attn.query(queries))
+    keys = torch.cat([split(attn.key(context)).expand(n, -1, -1, -1), split(attn.key(queries))], dim=2)
+    values = torch.cat([split(attn.value(context)).expand(n, -1, -1, -1), split(attn.value(queries))], dim=2)
+    mask = torch.cat([real, torch.ones_like(real[:, :1])], dim=1)[:, None, None, :]  # [1, 1, 1, T + 1]
+    mixed = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    mixed = mixed.transpose(1, 2).reshape(n, 1, heads * size)
+    attended = layer.attention.output(mixed, queries)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+class LMSegmentModel(nn.Module):
+    """What the retriever and the ranker share: the cached lower-layer states (buffers), the tuned top
+    layers, and the embeddings added to each segment state (type, position, rating, time gap)."""
+
+    def __init__(
+        self,
+        cache: LowerLayerCache,
+        encoder_model: nn.Module,
+        *,
+        tuning: str,
+        lora_rank: int,
+        max_positions: int,
+        dropout: float,
+        pop_buckets: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        hidden = cache.item_states.shape[1]
+        self.split = cache.split
+        self.register_buffer("item_states", cache.item_states.float().clone())
+        self.register_buffer("item_sentences", cache.item_sentences.float().clone())
+        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        self.register_buffer("pop_buckets", pop_buckets.long().clone())
+        self.top = TopLayers(encoder_model, cache.split, tuning, lora_rank)
+        self.type_emb = nn.Embedding(3, hidden)
+        self.pos_emb = nn.Embedding(max_positions, hidden)
+        self.rating_emb = nn.Embedding(N_RATING_IDS, hidden)
+        self.gap_emb = nn.Embedding(N_GAP_BUCKETS, hidden)
+        for emb in (self.type_emb, self.pos_emb, self.rating_emb, self.gap_emb):
+            nn.init.normal_(emb.weight, std=0.02)  # small next to the states: the layers see text first
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def n_items(self) -> int:
+        return self.item_states.shape[0]
+
+    @property
+    def profile_layer(self) -> int:
+        """Which encoder layer's pooled profile state a request must supply (serving)."""
+        return self.split
+
+    def profile_segment(self, users: torch.Tensor, profile_states: torch.Tensor | None) -> torch.Tensor:
+        """[B, H]; a request's own profile (serving) arrives as a pooled state instead of a user index."""
+        states = profile_states if profile_states is not None else self.profile_states[users]
+        return states + self.type_emb.weight[PROFILE]
+
+    def history_segments(
+        self, item_inputs: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        return (
+            item_inputs[items.clamp(min=0)]
+            + self.rating_emb(ratings)
+            + self.gap_emb(gaps)
+            + self.type_emb.weight[HISTORY]
+        )
+
+    def encode(self, segments: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Top layers over ``segments`` [B, T, H] (positions added here); ``allowed`` [B, T, T] bool."""
+        positions = torch.arange(segments.shape[1], device=segments.device)
+        tokens = self.dropout(segments + self.pos_emb(positions)[None])
+        return self.top(tokens, additive_mask(allowed))
+
+    def param_groups(self, head_lr: float, lm_lr: float) -> list[dict[str, Any]]:
+        """The pretrained layers learn at ``lm_lr``, everything new at ``head_lr``."""
+        lm = [p for p in self.top.parameters() if p.requires_grad]
+        lm_ids = {id(p) for p in self.top.parameters()}
+        new = [p for p in self.parameters() if p.requires_grad and id(p) not in lm_ids]
+        return [{"params": lm, "lr": lm_lr}, {"params": new, "lr": head_lr}]
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            "lm_trainable_parameters": self.top.pretrained_parameters(),
+            "lm_parameters": sum(p.numel() for p in self.top.parameters()),
+            "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in self.parameters()),
+            "cached_state_values": sum(b.numel() for b in self.buffers()),
+        }

@@ -1,0 +1,194 @@
+"""Retrieval with the tuned language model (M6-Rec): a user tower made of the encoder's own top layers
+over cached segment states, an item tower that reads each item's text.
+
+User tower: the top layers of :mod:`m6rec.models.lm_layers`, causal over [profile, history...], so the
+state at position ``t`` is the user vector that predicts item ``t + 1`` (every next item of every
+training window is a target; the whole catalogue is the softmax's classes, as for the frozen-feature
+retriever of :mod:`m6rec.models.retrieval`, whose windows, batches and evaluation this reuses). Item
+tower: an MLP over the item's sentence embedding, so an item never seen in training is scored from its
+text alone. History segments read the item tower's output too (mapped back to the layers' width,
+zero-initialised), as SASRec shares one item table between input and output. Item-ID rows and a
+popularity embedding are optional add-ons, reported beside the text-only model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from m6rec.data.marts import RecData
+from m6rec.models.lm_layers import LMSegmentModel, LowerLayerCache
+from m6rec.models.retrieval import collate, evaluate_retrieval, training_windows
+from m6rec.models.segments import N_POP_BUCKETS, popularity_buckets
+from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
+
+
+@dataclass
+class LMRetrieverConfig:
+    tuning: str = "full"  # "full" | "lora" | "frozen" (the top layers)
+    lora_rank: int = 8
+    lm_lr: float = 1e-4  # the pretrained layers; new weights use the trainer's lr
+    dim: int = 256
+    item_head: str = "mlp"  # "mlp" | "linear" over the item's sentence + lower-layer states
+    item_hidden: int = 1024
+    dropout: float = 0.1
+    max_len: int = 50
+    temperature: float = 0.07
+    use_ids: bool = False  # add-on: a learned row per item seen in training
+    use_popularity: bool = False  # add-on: a train-popularity bucket embedding (the text says it too)
+
+
+class LMRetriever(LMSegmentModel):
+    """User tower: the top layers, causal over [profile, history...]. Item tower: a head over each item's
+    text states (+ optional ID rows and popularity). Cosine scores, temperature-scaled softmax over the
+    whole catalogue for every next-item position."""
+
+    def __init__(
+        self,
+        config: LMRetrieverConfig,
+        cache: LowerLayerCache,
+        encoder_model: nn.Module,
+        pop_buckets: torch.Tensor,
+        has_id: torch.Tensor,
+    ) -> None:
+        super().__init__(
+            cache,
+            encoder_model,
+            tuning=config.tuning,
+            lora_rank=config.lora_rank,
+            max_positions=config.max_len + 1,
+            dropout=config.dropout,
+            pop_buckets=pop_buckets,
+        )
+        self.config = config
+        hidden = cache.item_states.shape[1]
+        self.register_buffer("has_id", has_id.bool().clone())
+        if config.item_head == "mlp":
+            self.item_head: nn.Module = nn.Sequential(
+                nn.Linear(hidden, config.item_hidden),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.item_hidden, config.dim),
+            )
+        elif config.item_head == "linear":
+            self.item_head = nn.Linear(hidden, config.dim)
+        else:
+            raise ValueError(f"unknown item_head {config.item_head!r}; choose 'mlp' or 'linear'")
+        self.user_proj = nn.Linear(hidden, config.dim)
+        # History segments read the item tower's output too (as SASRec shares its item embeddings between
+        # input and output): zero-initialised, so training starts from the text states alone.
+        self.history_proj = nn.Linear(config.dim, hidden)
+        nn.init.zeros_(self.history_proj.weight)
+        nn.init.zeros_(self.history_proj.bias)
+        self.id_emb = nn.Embedding(self.n_items, config.dim) if config.use_ids else None
+        self.pop_emb = nn.Embedding(N_POP_BUCKETS + 1, config.dim) if config.use_popularity else None
+        for emb in (self.id_emb, self.pop_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+
+    def item_vectors(self, normalize: bool = True) -> torch.Tensor:
+        """[n_items, dim]: the item tower over the whole catalogue (from text; IDs only where trained)."""
+        vec = self.item_head(self.dropout(self.item_sentences))
+        if self.id_emb is not None:
+            vec = vec + self.id_emb.weight * self.has_id[:, None]
+        if self.pop_emb is not None:
+            vec = vec + self.pop_emb(self.pop_buckets)
+        return F.normalize(vec, dim=-1) if normalize else vec
+
+    def history_inputs(self, item_vecs_raw: torch.Tensor) -> torch.Tensor:
+        """[n_items, H]: what a history segment starts from — the item's cached text state plus the item
+        tower's (un-normalised) output mapped back to the layers' width."""
+        return self.item_states + self.history_proj(item_vecs_raw)
+
+    def user_states(
+        self,
+        batch: dict[str, torch.Tensor],
+        item_vecs_raw: torch.Tensor,
+        profile_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, T+1, dim], unit norm: position 0 reads the profile, position t the first t events."""
+        items, lengths = batch["items"], batch["lengths"]
+        steps = items.shape[1] + 1
+        segments = torch.cat(
+            [
+                self.profile_segment(batch["users"], profile_states)[:, None],
+                self.history_segments(
+                    self.history_inputs(item_vecs_raw), items, batch["ratings"], batch["gaps"]
+                ),
+            ],
+            dim=1,
+        )
+        position = torch.arange(steps, device=items.device)
+        causal = position[None, :] <= position[:, None]  # query t sees keys 0..t
+        allowed = causal[None] & (position[None, None, :] <= lengths[:, None, None])
+        return F.normalize(self.user_proj(self.encode(segments, allowed)), dim=-1)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raw = self.item_vectors(normalize=False)
+        states = self.user_states(batch, raw)[:, :-1]  # position t predicts item t
+        valid = batch["items"] >= 0
+        logits = states[valid] @ F.normalize(raw, dim=-1).T / self.config.temperature
+        return F.cross_entropy(logits, batch["items"][valid])
+
+    @torch.no_grad()
+    def user_vectors(
+        self, batch: dict[str, torch.Tensor], item_vecs_raw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The state after each window's last event (``batch["profile_states"]`` replaces the profiles).
+        ``item_vecs_raw``: ``item_vectors(normalize=False)`` computed once by a caller that serves many
+        requests."""
+        if item_vecs_raw is None:
+            item_vecs_raw = self.item_vectors(normalize=False)
+        states = self.user_states(batch, item_vecs_raw, batch.get("profile_states"))
+        return states[torch.arange(len(states)), batch["lengths"]]
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_vectors(batch) @ self.item_vectors().T
+
+
+def new_lm_retriever(
+    config: LMRetrieverConfig, data: RecData, cache: LowerLayerCache, encoder_model: nn.Module
+) -> LMRetriever:
+    has_id = torch.tensor(data.items["n_train_interactions"].to_numpy() > 0)
+    return LMRetriever(config, cache, encoder_model, popularity_buckets(data), has_id)
+
+
+def train_lm_retriever(
+    data: RecData,
+    cache: LowerLayerCache,
+    encoder_model: nn.Module,
+    config: LMRetrieverConfig,
+    train_config: TrainConfig,
+    *,
+    batch_size: int = 64,
+    init: LMRetriever | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[LMRetriever, TrainResult]:
+    """Next-item training on the train split, selected on valid NDCG@10 (early stopping). ``init``
+    warm-starts from another LM retriever's weights (e.g. the text-only one, before adding ID rows)."""
+    torch.manual_seed(train_config.seed)
+    model = new_lm_retriever(config, data, cache, encoder_model)
+    if init is not None:
+        missing, _ = model.load_state_dict(init.state_dict(), strict=False)
+        if any(not k.startswith(("id_emb", "pop_emb")) for k in missing):
+            raise ValueError(f"init does not match this retriever's shape (missing {missing[:5]})")
+    loader = DataLoader(
+        training_windows(data, config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
+    )
+    trainer = Trainer(
+        model,
+        lambda m, b: m.loss(b),
+        loader,
+        lambda m: evaluate_retrieval(m, data, "valid"),
+        train_config,
+        log=log,
+        params=model.param_groups(train_config.lr, config.lm_lr),
+    )
+    result = trainer.fit()
+    return trainer.accelerator.unwrap_model(trainer.model), result
