@@ -4,10 +4,17 @@ other: the asset and check keys a stage depends on, the artefact keys in the
 trained retriever and ranker are written and read back."""
 
 import json
-from dataclasses import asdict
+from dataclasses import replace
 
 import dagster as dg
 
+from m6rec.evaluation.offline import (
+    FROZEN_RETRIEVER_ROW,
+    LM_SCORER,
+    LM_TEXT_ONLY,
+    LM_WITH_IDS,
+    SEGMENT_RANKER_ROW,
+)
 from m6rec.text.textify import TextStyle
 from orchestration.defs.resources import ArtifactStore
 
@@ -25,51 +32,70 @@ MODEL_ASSETS = {
     name: dg.AssetKey(name)
     for name in (
         "segment_cache",
-        "retriever",
-        "ranker",
+        "lm_retriever",
+        "lm_retriever_ids",
+        "lm_ranker",
+        "frozen_retriever",
+        "segment_ranker",
         "token_ranker",
         "explainer",
-        "item_index",
         "offline_evaluation",
+        "item_index",
         "promoted_model",
     )
 }
 
 # Keys in the artefact store.
-SEGMENT_CACHE = "segment_cache.pt"
-RETRIEVER, RANKER = "retriever", "ranker"  # model.pt + config.json; run/ holds the trainer's checkpoints
+SEGMENT_CACHE = "segment_cache.pt"  # sentence embeddings (SegmentCache): frozen-feature models, queries
+LM_CACHE = "lm_segment_cache.pt"  # lower-layer states (LowerLayerCache): the tuned LM models
+# Trained models: <key>/model.pt + <key>/model.json ({"kind", "config"}); <key>/run holds the trainer's
+# checkpoints. Each is one row of the evaluation (ROW_NAMES).
+LM_RETRIEVER, LM_RETRIEVER_IDS, LM_RANKER = "lm_retriever", "lm_retriever_ids", "lm_ranker"
+FROZEN_RETRIEVER, SEGMENT_RANKER = "frozen_retriever", "segment_ranker"
+RETRIEVERS = (LM_RETRIEVER, LM_RETRIEVER_IDS, FROZEN_RETRIEVER)
+CTR_MODELS = (LM_RANKER, SEGMENT_RANKER)
+ROW_NAMES = {
+    LM_RETRIEVER: LM_TEXT_ONLY,
+    LM_RETRIEVER_IDS: LM_WITH_IDS,
+    FROZEN_RETRIEVER: FROZEN_RETRIEVER_ROW,
+    LM_RANKER: LM_SCORER,
+    SEGMENT_RANKER: SEGMENT_RANKER_ROW,
+}
 TOKEN_RANKER = "token_ranker"  # m6rec.models.late_interaction.save_token_ranker's folder
 EXPLAINER = "explainer"  # a causal LM checkpoint folder
+EXPLAINER_YES_NO = "explainer_yes_no.json"  # its Yes/No like-probabilities on a test sample
+EVALUATION, MODEL_CARD = "evaluation.json", "model_card.md"  # the run's report, before any bundle
 CANDIDATE, CHAMPION = "candidate", "champion"  # bundles: the one just trained, the one promoted
 BENTO_RECORD = "bento.json"  # which Bento was built from which champion
 
-TEXT_STYLE = TextStyle(with_popularity=True)
+TEXT_STYLE = TextStyle(with_popularity=True)  # behaviour sentences (explainer, token ranker)
+# Item segments the retrieval and CTR models cache also say what is "often watched next".
+SEGMENT_STYLE = replace(TEXT_STYLE, with_watched_next=True)
 
 
-def save_trained(store: ArtifactStore, name: str, model, config) -> None:
-    """A trained retriever or ranker: its weights and its config, each written atomically."""
+def save_trained(store: ArtifactStore, key: str, model, config) -> None:
+    """A trained model: its weights and ``{"kind", "config"}``, each written atomically."""
     import torch
 
-    with store.replace(f"{name}/model.pt") as tmp:
+    from m6rec.models.registry import describe, kind_of
+
+    with store.replace(f"{key}/model.pt") as tmp:
         torch.save(model.state_dict(), tmp)
-    store.write(f"{name}/config.json", json.dumps(asdict(config)))
+    store.write(f"{key}/model.json", json.dumps(describe(kind_of(config), config)))
 
 
-def load_trained(store: ArtifactStore, data, cache):
-    """The retriever and ranker as the training assets left them (eval mode)."""
+def trained_keys(store: ArtifactStore, keys) -> list[str]:
+    """Those of ``keys`` that a training asset has written (a profile may switch a model off)."""
+    return [key for key in keys if store.exists(f"{key}/model.json")]
+
+
+def load_trained(store: ArtifactStore, key: str, data, cache, lm_cache=None, encoder_model=None):
+    """One model as its training asset left it (eval mode), and its ``{"kind", "config"}``."""
     import torch
 
-    from m6rec.models.ranking import RankerConfig, new_ranker
-    from m6rec.models.retrieval import RetrieverConfig, new_retriever
+    from m6rec.models.registry import build_model
 
-    models = []
-    for name, config_class, new in (
-        (RETRIEVER, RetrieverConfig, new_retriever),
-        (RANKER, RankerConfig, new_ranker),
-    ):
-        model = new(config_class(**store.read_json(f"{name}/config.json")), data, cache)
-        model.load_state_dict(
-            torch.load(store.path(f"{name}/model.pt"), map_location="cpu", weights_only=True)
-        )
-        models.append(model.eval())
-    return tuple(models)
+    spec = store.read_json(f"{key}/model.json")
+    model = build_model(spec, data, cache, lm_cache, encoder_model)
+    model.load_state_dict(torch.load(store.path(f"{key}/model.pt"), map_location="cpu", weights_only=True))
+    return model.eval(), spec

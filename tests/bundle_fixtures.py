@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from m6rec.models.backbones import builtin_causal_tokenizer, tiny_causal_lm, tiny_encoder
-from m6rec.models.ranking import RankerConfig, new_ranker
-from m6rec.models.retrieval import RetrieverConfig, new_retriever
-from m6rec.models.segments import build_segment_cache
+from m6rec.models.lm_layers import build_lower_cache
+from m6rec.models.lm_ranking import LMRankerConfig
+from m6rec.models.lm_retrieval import LMRetrieverConfig
+from m6rec.models.ranking import RankerConfig
+from m6rec.models.registry import build_model, describe, kind_of
+from m6rec.models.retrieval import RetrieverConfig
 from m6rec.serving.bundle import save_bundle
 from m6rec.text.textify import TextStyle
 from tests.synthetic import synthetic_rec_data
@@ -25,17 +28,33 @@ MODEL_CARD = "# m6rec tiny test model\n\nRandom weights on a synthetic catalogue
 EVALUATION = '{"ndcg@10": 0.5, "baselines": {"pop": {"ndcg@10": 0.25}}}\n'
 
 
-def build_tiny_bundle(path: str | Path, *, explainer: bool = False, seed: int = 0) -> Path:
-    """Write a tiny bundle (40 items ``i0``..``i39`` titled "Movie number N", genres cycling through
-    Action/Comedy/Drama/Horror) to ``path``, with a model card and an evaluation summary beside it."""
-    path = Path(path)
+def tiny_models(kind: str = "lm", seed: int = 0):
+    """The synthetic data, tiny encoder, caches and untrained serving models a tiny bundle holds:
+    ``(data, encoder, cache, lm_cache, specs, retriever, ranker)``; deterministic in ``seed``.
+    ``kind="lm"``: the tuned-LM retriever and CTR scorer (the pipeline's usual winners); ``"frozen"``: the
+    frozen-feature retriever and the segment ranker."""
     data = synthetic_rec_data()
     encoder = tiny_encoder(seed=seed)
-    cache = build_segment_cache(encoder, data)
+    style = TextStyle(with_popularity=True, with_watched_next=True)
+    lm_cache = build_lower_cache(encoder, data, style, split=2)
+    cache = lm_cache.sentences()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        retriever = new_retriever(RetrieverConfig(dim=32, heads=2, max_len=8), data, cache).eval()
-        ranker = new_ranker(RankerConfig(dim=32, heads=2), data, cache).eval()
+        if kind == "lm":
+            configs = (LMRetrieverConfig(dim=32, item_hidden=64, max_len=8), LMRankerConfig())
+        else:
+            configs = (RetrieverConfig(dim=32, heads=2, max_len=8), RankerConfig(dim=32, heads=2))
+        specs = [describe(kind_of(config), config) for config in configs]
+        retriever, ranker = (build_model(spec, data, cache, lm_cache, encoder.model).eval() for spec in specs)
+    return data, encoder, cache, lm_cache, specs, retriever, ranker
+
+
+def build_tiny_bundle(path: str | Path, *, explainer: bool = False, seed: int = 0, kind: str = "lm") -> Path:
+    """Write a tiny bundle (40 items ``i0``..``i39`` titled "Movie number N", genres cycling through
+    Action/Comedy/Drama/Horror) of :func:`tiny_models` to ``path``, with a model card and an evaluation
+    summary beside it."""
+    path = Path(path)
+    data, encoder, cache, lm_cache, specs, retriever, ranker = tiny_models(kind, seed)
     explainer_dir = None
     if explainer:
         lm = tiny_causal_lm(seed=seed, tokenizer=builtin_causal_tokenizer())
@@ -48,8 +67,12 @@ def build_tiny_bundle(path: str | Path, *, explainer: bool = False, seed: int = 
         cache=cache,
         encoder=encoder,
         retriever=retriever,
+        retriever_spec={**specs[0], "name": f"tiny {specs[0]['kind']}"},
         ranker=ranker,
+        ranker_spec={**specs[1], "name": f"tiny {specs[1]['kind']}"},
         style=TextStyle(with_popularity=True),
+        segment_style=TextStyle(with_popularity=True, with_watched_next=True),
+        lm_cache=lm_cache if kind == "lm" else None,
         metrics=dict(TINY_METRICS),
         explainer_dir=explainer_dir,
     )

@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
-from m6rec.data.eval_inputs import build_eval_inputs
+from m6rec.data.eval_inputs import EvalInputs, build_eval_inputs
 from m6rec.data.marts import RecData
 from m6rec.evaluation.metrics import (
     catalogue_coverage,
@@ -35,8 +36,8 @@ from m6rec.models.late_interaction import (
     example_segments,
     predict_token_ctr,
 )
-from m6rec.models.ranking import SegmentRanker, ctr_tensors, predict_ctr
-from m6rec.models.retrieval import SequentialRetriever, evaluate_retrieval, query_windows, score_windows
+from m6rec.models.ranking import ctr_tensors, predict_ctr
+from m6rec.models.retrieval import evaluate_retrieval, query_windows, score_windows
 from m6rec.text.textify import TextStyle
 
 KS = (10, 20, 50)
@@ -53,31 +54,91 @@ TABLE_COLUMNS = [
 ]
 
 
+# The rows of every evaluation table (pipeline, benchmarks, docs), named in one place.
+LM_TEXT_ONLY = "m6rec LM retriever (text only)"
+LM_WITH_IDS = "m6rec LM retriever + item IDs"
+FROZEN_RETRIEVER_ROW = "m6rec frozen-feature retriever (+ item IDs)"
+LM_SCORER = "m6rec LM scorer"
+SEGMENT_RANKER_ROW = "m6rec segment ranker (frozen features + item IDs)"
+ITEM_MEAN_ROW = "item mean rating (baseline)"
+ITEMKNN_ROW = "ItemKNN (tuned on valid)"
+ITEMKNN_GRID = [
+    {"k": k, "shrink": shrink} for k in (5, 10, 20, 50, 100, 200) for shrink in (0.0, 10.0, 100.0)
+]
+GATE_METRICS = {"retrieval": "retrieval_valid_ndcg@10", "ctr": "ctr_valid_auc"}
+
+
 @dataclass
 class EvaluationReport:
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> test metrics
     ctr: dict[str, dict[str, float]] = field(default_factory=dict)
+    valid: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> m6rec model -> valid metric
+    serving: dict[str, str] = field(default_factory=dict)  # task -> the m6rec model that serves it
     validation: dict[str, float] = field(default_factory=dict)  # what the promotion gate compares
+    parameters: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> parameter counts
+    baseline_params: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. tuned ItemKNN's
     ndcg_curves: dict[str, list[float]] = field(default_factory=dict)  # NDCG@K for K = 1..50
     top10_popularity: dict[str, list[int]] = field(default_factory=dict)  # popularity ranks recommended
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> EvaluationReport:
+        """A report back from :meth:`to_dict`'s JSON (the fields it holds)."""
+        return cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
+
+    def pick_winners(self) -> None:
+        """Per task, the m6rec model with the best validation metric serves; its metric is gated."""
+        for task, scores in self.valid.items():
+            if scores:
+                winner = max(scores, key=lambda name: (scores[name], name))
+                self.serving[task] = winner
+                self.validation[GATE_METRICS[task]] = scores[winner]
+
     def markdown(self) -> str:
-        lines = ["| model | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
+        params = ["LM weights tuned", "trainable", "total"]
+        lines = [
+            "| model | " + " | ".join(TABLE_COLUMNS + params) + " |",
+            "|---" * (len(TABLE_COLUMNS) + len(params) + 1) + "|",
+        ]
         for name, row in self.retrieval.items():
             lines.append(
-                f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.4f}" for c in TABLE_COLUMNS) + " |"
+                f"| {name} | "
+                + " | ".join(f"{row.get(c, float('nan')):.4f}" for c in TABLE_COLUMNS)
+                + " | "
+                + " | ".join(self._counts(name))
+                + " |"
             )
-        lines += ["", "| CTR model (test split) | auc | logloss | examples |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| CTR model (test split) | auc | logloss | examples | " + " | ".join(params) + " |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, row in self.ctr.items():
-            lines.append(f"| {name} | {row['auc']:.4f} | {row['logloss']:.4f} | {int(row['n'])} |")
+            lines.append(
+                f"| {name} | {row['auc']:.4f} | {row['logloss']:.4f} | {int(row['n'])} | "
+                + " | ".join(self._counts(name))
+                + " |"
+            )
+        if self.serving:
+            lines += ["", "Serving: " + "; ".join(f"{task}: {name}" for task, name in self.serving.items())]
         return "\n".join(lines)
+
+    def _counts(self, name: str) -> list[str]:
+        counts = self.parameters.get(name)
+        if counts is None:
+            return ["", "", ""]
+        keys = ("lm_trainable_parameters", "trainable_parameters", "total_parameters")
+        return [f"{counts[k]:,}" if k in counts else "" for k in keys]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "retrieval": self.retrieval,
             "ctr": self.ctr,
+            "valid": self.valid,
+            "serving": self.serving,
             "validation": self.validation,
+            "parameters": self.parameters,
+            "baseline_params": self.baseline_params,
             "seconds": self.seconds,
         }
 
@@ -111,49 +172,68 @@ def ranking_report(
     return metrics, curve, pop.astype(int).tolist()
 
 
+def tune_itemknn(valid: EvalInputs, grid: Sequence[dict[str, float]] = ITEMKNN_GRID) -> dict[str, float]:
+    """ItemKNN's neighbourhood size and shrinkage picked on the valid split (fit on train, ranked on
+    valid), as a practitioner would before comparing with it; ~1 s per fit on ML-100K."""
+    best, best_ndcg = grid[0], -1.0
+    for params in grid:
+        model = ItemKNN(k=int(params["k"]), shrink=float(params["shrink"])).fit(
+            valid.train_sequences, valid.n_items
+        )
+        ranks = rank_of_targets(model.score(valid.histories), valid.targets, valid.histories)
+        ndcg = ranking_metrics(ranks)["ndcg@10"]
+        if ndcg > best_ndcg:
+            best, best_ndcg = params, ndcg
+    return {**best, "valid_ndcg@10": best_ndcg}
+
+
 def evaluate(
     data: RecData,
-    retriever: SequentialRetriever,
-    ranker: SegmentRanker,
+    retrievers: Mapping[str, nn.Module],
+    ctr_models: Mapping[str, nn.Module],
     ctr_examples: pd.DataFrame,
     *,
     baselines: tuple[str, ...] = ("pop", "itemknn", "sasrec"),
     sasrec_budget_s: float | None = 180,
     token_ranker: tuple[LateInteractionScorer, TokenRankerConfig] | None = None,
     style: TextStyle | None = None,
+    extra_ctr: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> EvaluationReport:
-    """``token_ranker`` (with the ``style`` it was trained on) adds its CTR row and valid AUC."""
+    """Every m6rec retriever and CTR model (by row name) beside the baselines of the same run, on the
+    same split; the best m6rec model per task on valid is the one that serves (``report.serving``).
+    ``token_ranker`` (with the ``style`` it was trained on) adds its CTR row; ``extra_ctr`` adds rows
+    scored elsewhere as ``(labels, probabilities)`` on their own test examples (e.g. the explainer LM's
+    Yes/No answers on a sample)."""
     report = EvaluationReport()
     features = genre_features(data)
-    start = time.perf_counter()
-    windows, targets, exclude = query_windows(data, "test", retriever.config.max_len)
-    name = "m6rec retriever"
-    metrics, curve, pop = ranking_report(score_windows(retriever, windows), targets, exclude, data, features)
-    report.retrieval[name], report.ndcg_curves[name], report.top10_popularity[name] = metrics, curve, pop
-    report.validation.update(
-        {
-            f"retriever_valid_{k}": v
-            for k, v in evaluate_retrieval(retriever, data, "valid").items()
-            if k in ("ndcg@10", "hit@10")
-        }
-    )
-    report.seconds[name] = time.perf_counter() - start
+    report.valid = {"retrieval": {}, "ctr": {}}
+    for name, model in retrievers.items():
+        start = time.perf_counter()
+        windows, targets, exclude = query_windows(data, "test", model.config.max_len)
+        metrics, curve, pop = ranking_report(score_windows(model, windows), targets, exclude, data, features)
+        report.retrieval[name], report.ndcg_curves[name], report.top10_popularity[name] = metrics, curve, pop
+        report.valid["retrieval"][name] = evaluate_retrieval(model, data, "valid")["ndcg@10"]
+        report.seconds[name] = time.perf_counter() - start
+        log(f"{name}: ndcg@10={metrics['ndcg@10']:.4f} (valid {report.valid['retrieval'][name]:.4f})")
     test = build_eval_inputs(data.events, data.n_items, data.item_index, "test")
     valid = build_eval_inputs(data.events, data.n_items, data.item_index, "valid")
-    factories = {
-        "pop": ("Pop", Popularity),
-        "itemknn": ("ItemKNN", ItemKNN),
-        "sasrec": ("SASRec (IDs)", lambda: SASRecBaseline(max_train_seconds=sasrec_budget_s)),
-    }
     for key in baselines:
-        label, factory = factories[key]
         t0 = time.perf_counter()
-        model = factory()
-        if isinstance(model, SASRecBaseline):
+        if key == "pop":
+            label, model = "Pop", Popularity().fit(test.train_sequences, data.n_items)
+        elif key == "itemknn":
+            params = tune_itemknn(valid)
+            report.baseline_params[ITEMKNN_ROW] = params
+            label = ITEMKNN_ROW
+            model = ItemKNN(k=int(params["k"]), shrink=float(params["shrink"])).fit(
+                test.train_sequences, data.n_items
+            )
+        elif key == "sasrec":
+            label, model = "SASRec (IDs)", SASRecBaseline(max_train_seconds=sasrec_budget_s)
             model.fit(test.train_sequences, data.n_items, valid=valid)
         else:
-            model.fit(test.train_sequences, data.n_items)
+            raise ValueError(f"unknown baseline {key!r}; choose from pop, itemknn, sasrec")
         metrics, curve, pop = ranking_report(
             model.score(test.histories), test.targets, test.histories, data, features
         )
@@ -165,36 +245,38 @@ def evaluate(
         report.seconds[label] = time.perf_counter() - t0
         log(f"{label}: ndcg@10={metrics['ndcg@10']:.4f} ({report.seconds[label]:.0f}s)")
 
-    for split in ("valid", "test"):
-        frame = ctr_examples[ctr_examples["split"] == split]
-        tensors = ctr_tensors(frame, data)
-        labels = tensors["labels"].numpy()
-        probs = predict_ctr(ranker, tensors)
-        if split == "valid":
-            report.validation["ranker_valid_auc"] = ctr_metrics(labels, probs)["auc"]
-            continue
-        report.ctr["m6rec segment ranker"] = {**ctr_metrics(labels, probs), "n": len(labels)}
-        item_mean = tensors["cand_mean"].numpy()
-        prior = float(np.nanmean(data.items["mean_train_rating"].to_numpy(dtype=float, na_value=np.nan)))
-        baseline = (np.where(np.isnan(item_mean), prior, item_mean) - 1.0) / 4.0
-        report.ctr["item mean rating (baseline)"] = {
-            **ctr_metrics(labels, np.clip(baseline, 1e-3, 1 - 1e-3)),
-            "n": len(labels),
-        }
+    tensors = {
+        split: ctr_tensors(ctr_examples[ctr_examples["split"] == split], data) for split in ("valid", "test")
+    }
+    labels = {split: t["labels"].numpy() for split, t in tensors.items()}
+    for name, model in ctr_models.items():
+        report.valid["ctr"][name] = ctr_metrics(labels["valid"], predict_ctr(model, tensors["valid"]))["auc"]
+        probs = predict_ctr(model, tensors["test"])
+        report.ctr[name] = {**ctr_metrics(labels["test"], probs), "n": len(probs)}
+        log(f"{name}: test auc={report.ctr[name]['auc']:.4f} (valid {report.valid['ctr'][name]:.4f})")
+    item_mean = tensors["test"]["cand_mean"].numpy()
+    prior = float(np.nanmean(data.items["mean_train_rating"].to_numpy(dtype=float, na_value=np.nan)))
+    baseline = (np.where(np.isnan(item_mean), prior, item_mean) - 1.0) / 4.0
+    report.ctr[ITEM_MEAN_ROW] = {
+        **ctr_metrics(labels["test"], np.clip(baseline, 1e-3, 1 - 1e-3)),
+        "n": len(labels["test"]),
+    }
     if token_ranker is not None:
         scorer, config = token_ranker
+        name = f"m6rec token ranker (late interaction, k={config.top_k})"
         for split in ("valid", "test"):
             frame = ctr_examples[ctr_examples["split"] == split]
             segments = example_segments(frame, data, style or TextStyle(), config.history)
-            probs = predict_token_ctr(scorer, segments, config.max_length)
-            metrics = ctr_metrics(frame["label"].to_numpy(), probs)
+            metrics = ctr_metrics(
+                frame["label"].to_numpy(), predict_token_ctr(scorer, segments, config.max_length)
+            )
             if split == "valid":
-                report.validation["token_ranker_valid_auc"] = metrics["auc"]
+                report.valid["ctr"][name] = metrics["auc"]
             else:
-                report.ctr[f"m6rec token ranker (late interaction, k={config.top_k})"] = {
-                    **metrics,
-                    "n": len(frame),
-                }
+                report.ctr[name] = {**metrics, "n": len(frame)}
+    for name, (row_labels, probs) in (extra_ctr or {}).items():
+        report.ctr[name] = {**ctr_metrics(np.asarray(row_labels), np.asarray(probs)), "n": len(probs)}
+    report.pick_winners()
     return report
 
 
@@ -239,10 +321,14 @@ def model_card(report: EvaluationReport, manifest: dict[str, Any]) -> str:
         [
             "# m6rec model card",
             "",
-            "Behaviour written as text (M6-Rec), read by one pretrained encoder; a two-tower retriever over",
-            "cached segment states and a late-interaction CTR ranker. Data: the warehouse's marts.",
+            "Behaviour written as text (M6-Rec), read by one pretrained encoder whose own top layers are",
+            "fine-tuned over cached segment states (profile, history items, candidate): a retriever (user",
+            "tower over the history, item tower over each item's text) and a late-interaction CTR scorer,",
+            "trained beside frozen-feature models; per task the best on the valid split serves.",
+            "Data: the warehouse's marts.",
             "",
             f"- encoder: `{manifest.get('encoder')}`",
+            *(f"- serving {task}: {name}" for task, name in report.serving.items()),
             f"- profile: `{manifest.get('profile')}`",
             f"- trained: {manifest.get('created_at', 'n/a')}",
             "",
@@ -253,7 +339,8 @@ def model_card(report: EvaluationReport, manifest: dict[str, Any]) -> str:
             "## Intended use and limits",
             "",
             "Ranks catalogue items for a user's history or a free-text request. Trained on explicit ratings;",
-            "popularity and per-item ID features make it favour items seen in training; unseen items are",
-            "scored from their text alone. Offline metrics on one split are not online outcomes.",
+            "popularity (and, in the ID add-on rows, per-item ID features) make it favour items seen in",
+            "training; unseen items are scored from their text alone. Offline metrics on one split are not",
+            "online outcomes.",
         ]
     )

@@ -2,11 +2,15 @@
 train/serve contract (every value training depended on is read by serving from it, nowhere else).
 
 Layout (one folder, written atomically by :func:`save_bundle`):
-  manifest.json     configs, encoder, text style, versions, metrics
+  manifest.json     which model serves each task (kind, config, evaluation row), encoder, text styles,
+                    versions, metrics
   items.parquet     the catalogue the models score (item_idx order)
-  segments.pt       cached pooled item/profile segment states (SegmentCache)
-  retriever.pt      SequentialRetriever weights
-  ranker.pt         SegmentRanker weights
+  segments.pt       the items' and profiles' sentence embeddings (SegmentCache): free-text queries and
+                    the frozen-feature models
+  lm_segments.pt    when a tuned-LM model serves: the lower-layer segment states it reads
+                    (LowerLayerCache)
+  retriever.pt      the serving retriever's weights (m6rec.models.registry rebuilds it from its kind)
+  ranker.pt         the serving CTR model's weights
   encoder/          the text encoder (HF folder), for free-text queries and new users' profiles
   explainer/        optional: a causal LM checkpoint for "... because" explanations
   token_ranker/     optional (``full`` profile): the token-level late-interaction ranker, with the
@@ -25,17 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from m6rec.data.marts import RecData
 from m6rec.files import staged
 from m6rec.models.backbones import Encoder
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker
-from m6rec.models.ranking import SegmentRanker
-from m6rec.models.retrieval import SequentialRetriever
+from m6rec.models.lm_layers import LowerLayerCache
 from m6rec.models.segments import SegmentCache
 from m6rec.text.textify import TextStyle
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 ITEM_COLUMNS = [
     "item_id",
     "item_idx",
@@ -58,19 +62,27 @@ def save_bundle(
     data: RecData,
     cache: SegmentCache,
     encoder: Encoder,
-    retriever: SequentialRetriever,
-    ranker: SegmentRanker,
+    retriever: nn.Module,
+    retriever_spec: dict[str, Any],
+    ranker: nn.Module,
+    ranker_spec: dict[str, Any],
     style: TextStyle,
+    segment_style: TextStyle | None = None,
+    lm_cache: LowerLayerCache | None = None,
     metrics: dict[str, Any] | None = None,
     explainer_dir: str | Path | None = None,
     token_ranker_dir: str | Path | None = None,
 ) -> Path:
-    """Write every artefact into a temp folder beside ``path``, then swap it in. With a token-level
-    ranker, every item's question segment goes through its lower layers here, once."""
+    """Write every artefact into a temp folder beside ``path``, then swap it in. ``*_spec`` is the
+    model's ``{"kind", "config"}`` (:func:`m6rec.models.registry.describe`) plus its evaluation row
+    ``"name"``. With a token-level ranker, every item's question segment goes through its lower layers
+    here, once."""
     with staged(path) as tmp:
         tmp.mkdir()
         data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
         cache.save(tmp / "segments.pt")
+        if lm_cache is not None:
+            lm_cache.save(tmp / "lm_segments.pt")
         torch.save(retriever.state_dict(), tmp / "retriever.pt")
         torch.save(ranker.state_dict(), tmp / "ranker.pt")
         encoder.model.save_pretrained(tmp / "encoder")
@@ -88,8 +100,9 @@ def save_bundle(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "encoder": encoder.name,
             "style": asdict(style),
-            "retriever": asdict(retriever.config),
-            "ranker": asdict(ranker.config),
+            "segment_style": asdict(segment_style or style),
+            "retriever": retriever_spec,
+            "ranker": ranker_spec,
             "token_ranker": asdict(token_config) if token_config else None,
             "n_items": int(len(data.items)),
             "explainer": explainer_dir is not None,

@@ -353,6 +353,7 @@ class Engine:
             versions[f"bundle:{name}"] = str(value)
         return ModelInfo(
             model=self.model_tag,
+            serving=self.rec.serving,
             labels=self.model_labels,
             manifest={k: v for k, v in manifest.items() if k != "metrics"},
             metrics=manifest.get("metrics") or {},

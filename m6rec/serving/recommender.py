@@ -16,9 +16,11 @@ import torch
 from m6rec.data.marts import RecData
 from m6rec.models.backbones import load_encoder, pick_device
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker, segment_types
-from m6rec.models.ranking import RankerConfig, new_ranker
-from m6rec.models.retrieval import RetrieverConfig, Window, collate, new_retriever
+from m6rec.models.lm_layers import LowerLayerCache
+from m6rec.models.registry import build_model
+from m6rec.models.retrieval import Window, collate
 from m6rec.models.segments import SegmentCache, gap_buckets, gaps_before, rating_ids
+from m6rec.serving.bundle import BUNDLE_FORMAT
 from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments, profile_text, pronoun
 
 PROFILE_CACHE_SIZE = 4096
@@ -79,20 +81,20 @@ class Recommender:
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         self.items = pd.read_parquet(self.path / "items.parquet")
         self.index = dict(zip(self.items["item_id"], self.items["item_idx"], strict=True))
+        if self.manifest.get("format") != BUNDLE_FORMAT:
+            raise ValueError(
+                f"{self.path} is a format-{self.manifest.get('format')} bundle; this m6rec reads format "
+                f"{BUNDLE_FORMAT}: re-run the pipeline (or the retrain job) to rebuild it"
+            )
         self.style = TextStyle(**self.manifest["style"])
-        cache = SegmentCache.load(self.path / "segments.pt")
-        shim = RecData(items=self.items, users=pd.DataFrame({"user_id": []}), events=pd.DataFrame())
-        self.retriever = new_retriever(RetrieverConfig(**self.manifest["retriever"]), shim, cache)
-        self.retriever.load_state_dict(
-            torch.load(self.path / "retriever.pt", map_location="cpu", weights_only=True)
-        )
-        self.ranker = new_ranker(RankerConfig(**self.manifest["ranker"]), shim, cache)
-        self.ranker.load_state_dict(
-            torch.load(self.path / "ranker.pt", map_location="cpu", weights_only=True)
-        )
-        self.retriever.to(self.device).eval()
-        self.ranker.to(self.device).eval()
+        self.segment_cache = SegmentCache.load(self.path / "segments.pt")
+        lm_file = self.path / "lm_segments.pt"
+        lm_cache = LowerLayerCache.load(lm_file) if lm_file.exists() else None
         self.encoder = load_encoder(self.path / "encoder", device=self.device)
+        shim = RecData(items=self.items, users=pd.DataFrame({"user_id": []}), events=pd.DataFrame())
+        self.retriever, self.ranker = (
+            self._load_model(task, shim, lm_cache) for task in ("retriever", "ranker")
+        )
         with torch.no_grad():
             self.item_vectors = self.retriever.item_vectors()  # [n_items, d], unit norm
             self.item_vectors_raw = self.retriever.item_vectors(normalize=False)  # history segments
@@ -108,10 +110,28 @@ class Recommender:
             self.token_ranker, self.token_config = load_token_ranker(self.path / "token_ranker", self.device)
             self.candidate_states = CandidateStates.load(self.path / "token_ranker" / "candidates.pt")
 
+    def _load_model(self, task: str, data: RecData, lm_cache: LowerLayerCache | None) -> torch.nn.Module:
+        spec = self.manifest[task]
+        model = build_model(spec, data, self.segment_cache, lm_cache, self.encoder.model)
+        model.load_state_dict(torch.load(self.path / f"{task}.pt", map_location="cpu", weights_only=True))
+        return model.to(self.device).eval()
+
     @property
     def ranker_kind(self) -> str:
-        """Which model :meth:`rank` uses: "token" (late interaction over tokens) or "segment" (pooled)."""
-        return "token" if self.token_ranker is not None else "segment"
+        """Which model :meth:`rank` uses: "token" (late interaction over tokens) or the serving CTR
+        model's kind ("lm_ranker", "segment_ranker")."""
+        return "token" if self.token_ranker is not None else self.manifest["ranker"]["kind"]
+
+    @property
+    def serving(self) -> dict[str, str]:
+        """The evaluation row of the model that serves each task."""
+        ctr = self.manifest["ranker"].get("name", self.ranker_kind)
+        if self.token_ranker is not None:
+            ctr = f"m6rec token ranker (late interaction, k={self.token_config.top_k})"
+        return {
+            "retrieval": self.manifest["retriever"].get("name", self.manifest["retriever"]["kind"]),
+            "ctr": ctr,
+        }
 
     # --- helpers ------------------------------------------------------------------------------------
     def _indices(self, ids: list[str]) -> np.ndarray:
@@ -126,11 +146,15 @@ class Recommender:
             Event(item=self.texts[i], ts=e.ts, rating=e.rating) for i, e in zip(idx, history, strict=True)
         ]
 
-    def _profile_state(self, profile: Profile | None) -> torch.Tensor:
-        return self._encode_profile(profile_text(profile))
+    def _profile_state(self, profile: Profile | None, model: torch.nn.Module) -> torch.Tensor:
+        """The profile segment ``model`` reads: the pooled state after its cached lower layers (tuned-LM
+        models) or the sentence embedding (frozen-feature models)."""
+        return self._encode_profile(profile_text(profile), getattr(model, "profile_layer", None))
 
-    def _encode_profile_uncached(self, text: str) -> torch.Tensor:
-        return self.encoder.encode([text], max_length=32).to(self.device)[0]
+    def _encode_profile_uncached(self, text: str, layer: int | None) -> torch.Tensor:
+        if layer is None:
+            return self.encoder.encode([text], max_length=32).to(self.device)[0]
+        return self.encoder.encode_layers([text], (layer,), max_length=32)[0].to(self.device)[0]
 
     def _window(self, history: list[HistoryEvent]) -> Window:
         """The last ``max_len`` events as the user tower's window; features from the whole history (so
@@ -156,12 +180,14 @@ class Recommender:
                 k: v.to(self.device)
                 for k, v in collate([self._window(queries[i].history) for i in tower]).items()
             }
-            batch["profile_states"] = torch.stack([self._profile_state(queries[i].profile) for i in tower])
+            batch["profile_states"] = torch.stack(
+                [self._profile_state(queries[i].profile, self.retriever) for i in tower]
+            )
             total[tower] += self.retriever.user_vectors(batch, self.item_vectors_raw) @ self.item_vectors.T
         texts = [i for i, q in enumerate(queries) if q.query]
         if texts:
             encoded = self.encoder.encode([queries[i].query for i in texts], max_length=64).to(self.device)
-            total[texts] += encoded @ self.retriever.item_states.T
+            total[texts] += encoded @ self.segment_cache.item_states.to(self.device).T
         return total.cpu().numpy()
 
     def retrieve_scores(
@@ -173,7 +199,9 @@ class Recommender:
     @torch.no_grad()
     def rank_batch(self, jobs: Sequence[RankJob]) -> list[np.ndarray]:
         """Like probability of each job's candidates. The pooled ranker scores every (user, candidate)
-        pair of every job in one forward pass; the token-level ranker goes job by job."""
+        pair of every job in one forward pass; the tuned-LM scorer runs each job's context through its
+        layers once and every candidate as one position (late interaction); the token-level ranker goes
+        job by job."""
         if not jobs:
             return []
         cands = [self._indices(list(j.candidates)) for j in jobs]
@@ -195,7 +223,7 @@ class Recommender:
                 gaps[rows, :width] = torch.as_tensor(
                     gaps_before(np.asarray([e.ts for e in recent]), job.now_ts)
                 )
-            profiles.append(self._profile_state(job.profile)[None].expand(len(cand), -1))
+            profiles.append(self._profile_state(job.profile, self.ranker)[None].expand(len(cand), -1))
             row += len(cand)
         batch = {
             "users": torch.zeros(n, dtype=torch.long),
@@ -206,8 +234,20 @@ class Recommender:
         }
         batch = {k: v.to(self.device) for k, v in batch.items()}
         batch["profile_states"] = torch.cat(profiles)
-        probs = torch.sigmoid(self.ranker(batch).float()).cpu().numpy()
-        return np.split(probs, np.cumsum([len(c) for c in cands])[:-1])
+        ends = np.cumsum([len(c) for c in cands])
+        if hasattr(self.ranker, "rank_candidates"):
+            logits = torch.cat(
+                [
+                    self.ranker.rank_candidates({k: v[start:end] for k, v in batch.items()})
+                    for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)
+                    if end > start
+                ]
+                or [torch.zeros(0, device=self.device)]
+            )
+        else:
+            logits = self.ranker(batch)
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        return np.split(probs, ends[:-1])
 
     def rank(
         self,

@@ -213,6 +213,9 @@ class BatchItem(BaseModel):
 
 class ModelInfo(BaseModel):
     model: str
+    serving: dict[str, str] = Field(
+        description="Per task (retrieval, ctr), the evaluation row of the model that serves it"
+    )
     labels: dict[str, str]
     manifest: dict[str, Any]
     metrics: dict[str, Any]

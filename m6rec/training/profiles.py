@@ -1,10 +1,11 @@
 """Named training profiles: what each model trains with, from a seconds-long smoke test to a GPU run.
 
-- ``smoke``: tiny random-weight encoder, a few dozen steps (tests, CI).
-- ``default``: the packaged MiniLM run once per segment and cached; the towers, ranker heads and
-  adapters train over the cached states, each inside a wall-clock budget (the CPU demo).
-- ``full``: the same models, wider, trained to convergence without a time budget, plus the token-level
-  ranker: the encoder itself fine-tuned as a late-interaction scorer over the behaviour text (a GPU job).
+- ``smoke``: tiny random-weight encoder, a few dozen steps per model (tests, CI).
+- ``default`` (CPU): MiniLM's lower 5 layers run once per segment and are cached; its top layer is
+  fine-tuned as the retriever's user tower and as the CTR scorer (M6-Rec's late interaction), each in a
+  wall-clock budget; the frozen-feature retriever and segment ranker train beside them as baselines.
+- ``full`` (GPU): every encoder layer is tuned over the segments (``lm_top_layers`` = all), no budget,
+  plus the token-level ranker (the encoder fine-tuned over the behaviour text's tokens).
 
 ``smoke`` trains a tiny token-level ranker too, so tests cover that path end to end.
 """
@@ -14,40 +15,69 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from m6rec.models.late_interaction import TokenRankerConfig
+from m6rec.models.lm_ranking import LMRankerConfig
+from m6rec.models.lm_retrieval import LMRetrieverConfig
 from m6rec.models.ranking import RankerConfig
 from m6rec.models.retrieval import RetrieverConfig
+
+ALL_LAYERS = 0  # lm_top_layers: tune every layer
 
 
 @dataclass(frozen=True)
 class TrainingProfile:
-    """What every model of one pipeline run trains with (the ``model_settings.profile`` resource setting)."""
+    """What every model of one pipeline run trains with (the ``model_settings.profile`` resource setting).
+    ``budgets`` gives a wall-clock budget (seconds) per trained model (``lm_retriever``,
+    ``lm_retriever_ids``, ``lm_ranker``, ``frozen_retriever``, ``segment_ranker``); a model without one
+    gets ``budget_s``."""
 
     name: str
     encoder: str
-    retriever: RetrieverConfig
-    ranker: RankerConfig
+    lm_top_layers: int  # encoder layers tuned over cached segment states (ALL_LAYERS = every layer)
+    lm_retriever: LMRetrieverConfig
+    lm_ranker: LMRankerConfig
+    retriever: RetrieverConfig  # the frozen-feature retriever (a baseline)
+    ranker: RankerConfig  # the frozen-feature segment ranker (a baseline)
     retriever_steps: int
     ranker_steps: int
     eval_every: int
     patience: int
-    budget_s: float | None  # per model
+    budget_s: float | None  # per model, unless ``budgets`` names it
+    budgets: dict[str, float] = field(default_factory=dict)
     batch_size: int = 64
     ranker_batch_size: int = 256
+    lm_batch_size: int = 16  # windows per step of the LM retriever: small batches learn more per FLOP
+    lm_ranker_batch_size: int = 64
+    lm_eval_every: int = 200
     sasrec_budget_s: float | None = None
     baselines: tuple[str, ...] = ("pop", "itemknn", "sasrec")
     token_ranker: TokenRankerConfig | None = None  # None: no token-level fine-tuning (CPU profiles)
+    smollm2_test_examples: int = 128  # test-split CTR examples the explainer LM answers Yes/No for
     extra: dict = field(default_factory=dict)
+
+    def budget(self, model: str) -> float | None:
+        return self.budgets.get(model, self.budget_s)
+
+    def lm_split(self, num_layers: int) -> int:
+        """Encoder layers run once per segment and cached."""
+        top = self.lm_top_layers or num_layers
+        if not 0 < top <= num_layers:
+            raise ValueError(f"lm_top_layers must be in 1..{num_layers} (or 0 = all), got {top}")
+        return num_layers - top
 
 
 PROFILES = {
     "smoke": TrainingProfile(
         name="smoke",
         encoder="tiny",
+        lm_top_layers=2,
+        lm_retriever=LMRetrieverConfig(dim=32, item_hidden=64, max_len=20, lm_lr=1e-3),
+        lm_ranker=LMRankerConfig(lm_lr=1e-3),
         retriever=RetrieverConfig(dim=32, heads=2, max_len=20),
         ranker=RankerConfig(dim=32, heads=2),
         retriever_steps=30,
         ranker_steps=30,
         eval_every=15,
+        lm_eval_every=15,
         patience=2,
         budget_s=60,
         sasrec_budget_s=10,
@@ -55,32 +85,50 @@ PROFILES = {
         token_ranker=TokenRankerConfig(
             top_k=1, history=5, max_length=32, lr=1e-3, batch_size=8, max_steps=20, max_train_examples=400
         ),
+        smollm2_test_examples=16,
     ),
     "default": TrainingProfile(
         name="default",
         encoder="minilm",
+        lm_top_layers=1,
+        lm_retriever=LMRetrieverConfig(),
+        lm_ranker=LMRankerConfig(),
         retriever=RetrieverConfig(),
         ranker=RankerConfig(),
-        retriever_steps=5000,
-        ranker_steps=20000,
+        retriever_steps=20_000,
+        ranker_steps=20_000,
         eval_every=100,
         patience=5,
         budget_s=300,
-        sasrec_budget_s=180,
+        budgets={
+            "lm_retriever": 420,
+            "lm_retriever_ids": 90,
+            "lm_ranker": 150,
+            "frozen_retriever": 90,
+            "segment_ranker": 90,
+        },
+        sasrec_budget_s=150,
     ),
     "full": TrainingProfile(
         name="full",
         encoder="minilm",
+        lm_top_layers=ALL_LAYERS,
+        lm_retriever=LMRetrieverConfig(lm_lr=5e-5),
+        lm_ranker=LMRankerConfig(lm_lr=5e-5),
         retriever=RetrieverConfig(dim=256, layers=3, heads=8, max_len=100),
         ranker=RankerConfig(dim=256, layers=3, heads=8),
         retriever_steps=50_000,
         ranker_steps=50_000,
         eval_every=250,
+        lm_eval_every=250,
         patience=10,
         budget_s=None,
         batch_size=128,
         ranker_batch_size=1024,
+        lm_batch_size=64,
+        lm_ranker_batch_size=256,
         token_ranker=TokenRankerConfig(top_k=1, history=10, max_length=64, lr=5e-5, batch_size=32),
+        smollm2_test_examples=943,
     ),
 }
 

@@ -1,4 +1,5 @@
-"""The candidate bundle, its offline evaluation beside the baselines, and the promotion gate."""
+"""The offline evaluation of every trained model beside the baselines, the candidate bundle of the
+winners (per task, the best on the valid split) and the promotion gate."""
 
 import json
 import shutil
@@ -11,28 +12,120 @@ from m6rec.data.marts import load_rec_data
 from m6rec.evaluation import offline
 from m6rec.models.backbones import pick_device
 from m6rec.models.late_interaction import load_token_ranker
+from m6rec.models.lm_layers import LowerLayerCache
 from m6rec.models.segments import SegmentCache
 from m6rec.serving.bundle import save_bundle
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
     CANDIDATE,
     CHAMPION,
+    CTR_MODELS,
+    EVALUATION,
     EXPLAINER,
+    EXPLAINER_YES_NO,
+    LM_CACHE,
     MODEL_ASSETS,
+    MODEL_CARD,
+    RETRIEVERS,
+    ROW_NAMES,
     SEGMENT_CACHE,
+    SEGMENT_STYLE,
     TEXT_STYLE,
     TOKEN_RANKER,
     load_trained,
+    trained_keys,
 )
+
+
+def _trained_models(artifacts: ArtifactStore, data, encoder_model):
+    """Every model the training assets wrote, by evaluation row: ``{row: (key, model, spec)}``."""
+    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    lm_cache = LowerLayerCache.load(artifacts.path(LM_CACHE)) if artifacts.exists(LM_CACHE) else None
+    out = {}
+    for key in trained_keys(artifacts, (*RETRIEVERS, *CTR_MODELS)):
+        model, spec = load_trained(artifacts, key, data, cache, lm_cache, encoder_model)
+        out[ROW_NAMES[key]] = (key, model, spec)
+    return cache, lm_cache, out
+
+
+def _image(b64: str, title: str) -> str:
+    return f"![{title}](data:image/png;base64,{b64})"
 
 
 @dg.asset(
     group_name="evaluation",
-    deps=[
-        MODEL_ASSETS[name] for name in ("retriever", "ranker", "token_ranker", "explainer", "segment_cache")
-    ],
+    deps=[MODEL_ASSETS[key] for key in (*RETRIEVERS, *CTR_MODELS, "token_ranker", "explainer")],
     pool="duckdb",
     kinds={"pytorch"},
+)
+def offline_evaluation(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
+) -> dg.MaterializeResult:
+    """Test-split metrics of every trained model (the tuned LM text-only and with item IDs, the
+    frozen-feature models, the CTR scorers, the explainer LM's Yes/No answers) beside Pop, ItemKNN tuned
+    on valid and SASRec trained on the same split; per task the best m6rec model on valid serves."""
+    model_settings.apply_threads()
+    profile = model_settings.resolved()
+    start = time.perf_counter()
+    data = load_rec_data(warehouse.database)
+    _, _, models = _trained_models(artifacts, data, model_settings.load_encoder().model)
+    examples = warehouse.read("select * from marts.ctr_examples")
+    token = artifacts.path(TOKEN_RANKER)
+    extra = {}
+    if artifacts.exists(EXPLAINER_YES_NO):
+        answers = artifacts.read_json(EXPLAINER_YES_NO)
+        extra[answers["row"]] = (np.asarray(answers["labels"]), np.asarray(answers["probabilities"]))
+    report = offline.evaluate(
+        data,
+        {row: m for row, (_, m, spec) in models.items() if spec["kind"].endswith("retriever")},
+        {row: m for row, (_, m, spec) in models.items() if spec["kind"].endswith("ranker")},
+        examples,
+        baselines=profile.baselines,
+        sasrec_budget_s=profile.sasrec_budget_s,
+        token_ranker=load_token_ranker(token, pick_device()) if token.is_dir() else None,
+        style=TEXT_STYLE,
+        extra_ctr=extra,
+        log=context.log.info,
+    )
+    for row, (_, model, _) in models.items():
+        counts = getattr(model, "parameter_counts", None)
+        report.parameters[row] = (
+            counts()
+            if counts
+            else {
+                "lm_trainable_parameters": 0,
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "total_parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    artifacts.write(EVALUATION, json.dumps(report.to_dict(), indent=2, default=float))
+    images = offline.plots(report)
+    serving_retriever = report.retrieval[report.serving["retrieval"]]
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(report.markdown()),
+            "ndcg_at_k_plot": dg.MetadataValue.md(_image(images["ndcg_at_k"], "NDCG@K")),
+            "popularity_plot": dg.MetadataValue.md(_image(images["recommended_popularity"], "popularity")),
+            "serving_retrieval": report.serving["retrieval"],
+            "serving_ctr": report.serving["ctr"],
+            **{
+                f"test_{k}": float(serving_retriever[k])
+                for k in ("ndcg@10", "hit@10", "mrr@10", "coverage@10")
+            },
+            "test_ctr_auc": float(report.ctr[report.serving["ctr"]]["auc"]),
+            **{f"test_ndcg@10 ({row})": float(m["ndcg@10"]) for row, m in report.retrieval.items()},
+            **{f"test_auc ({row})": float(m["auc"]) for row, m in report.ctr.items()},
+            **{k: float(v) for k, v in report.validation.items()},
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+
+
+@dg.asset(
+    group_name="evaluation", deps=[MODEL_ASSETS["offline_evaluation"]], pool="duckdb", kinds={"pytorch"}
 )
 def item_index(
     context: dg.AssetExecutionContext,
@@ -40,25 +133,46 @@ def item_index(
     artifacts: ArtifactStore,
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
-    """The candidate bundle: item-tower embeddings and cached segments for every catalogue item, the
-    trained models and the encoder, in one folder the service loads."""
+    """The candidate bundle: the winning retriever and CTR model of the evaluation, their cached segment
+    states and item-tower embeddings for every catalogue item, the encoder (and the explainer), the
+    evaluation report and model card, in one folder the service loads."""
     model_settings.apply_threads()
     data = load_rec_data(warehouse.database)
-    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    retriever_model, ranker_model = load_trained(artifacts, data, cache)
+    encoder = model_settings.load_encoder()
+    cache, lm_cache, models = _trained_models(artifacts, data, encoder.model)
+    evaluation = artifacts.read_json(EVALUATION)
+    serving = evaluation["serving"]
+    token_serves = serving["ctr"].startswith("m6rec token ranker")
+    if token_serves:  # the token ranker ranks; the best pooled CTR model stays as the bundle's ranker.pt
+        pooled = {row: auc for row, auc in evaluation["valid"]["ctr"].items() if row in models}
+        ranker_row = max(pooled, key=pooled.get)
+    else:
+        ranker_row = serving["ctr"]
+    chosen = {"retriever": models[serving["retrieval"]], "ranker": models[ranker_row]}
+    uses_lm = any(spec["kind"].startswith("lm_") for _, _, spec in chosen.values())
     path = save_bundle(
         artifacts.path(CANDIDATE),
         data=data,
         cache=cache,
-        encoder=model_settings.load_encoder(),
-        retriever=retriever_model,
-        ranker=ranker_model,
+        lm_cache=lm_cache if uses_lm else None,
+        encoder=encoder,
+        retriever=chosen["retriever"][1],
+        retriever_spec={**chosen["retriever"][2], "name": serving["retrieval"]},
+        ranker=chosen["ranker"][1],
+        ranker_spec={**chosen["ranker"][2], "name": ranker_row},
         style=TEXT_STYLE,
-        metrics={"profile": model_settings.resolved().name},
+        segment_style=SEGMENT_STYLE,
+        metrics=evaluation,
         explainer_dir=artifacts.path(EXPLAINER) if artifacts.exists(EXPLAINER) else None,
-        token_ranker_dir=artifacts.path(TOKEN_RANKER) if artifacts.exists(TOKEN_RANKER) else None,
+        token_ranker_dir=artifacts.path(TOKEN_RANKER) if token_serves else None,
     )
-    vectors = retriever_model.item_vectors().detach().numpy()
+    manifest = artifacts.read_json(f"{CANDIDATE}/manifest.json")
+    manifest["profile"] = model_settings.resolved().name
+    report = offline.EvaluationReport.from_dict(evaluation)
+    artifacts.write(f"{CANDIDATE}/evaluation.json", json.dumps(evaluation, indent=2, default=float))
+    artifacts.write(f"{CANDIDATE}/{MODEL_CARD}", offline.model_card(report, manifest))
+    artifacts.write(f"{CANDIDATE}/manifest.json", json.dumps(manifest, indent=2, default=float))
+    vectors = chosen["retriever"][1].item_vectors().detach().cpu().numpy()
     with artifacts.replace(f"{CANDIDATE}/item_index.npy") as tmp, tmp.open("wb") as out:
         np.save(out, vectors)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -68,65 +182,8 @@ def item_index(
             "items": vectors.shape[0],
             "dim": vectors.shape[1],
             "bundle_mb": round(size / 2**20, 1),
-            "serving_ranker": "token" if (path / "token_ranker").is_dir() else "segment",
-        }
-    )
-
-
-def _image(b64: str, title: str) -> str:
-    return f"![{title}](data:image/png;base64,{b64})"
-
-
-@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["item_index"]], pool="duckdb", kinds={"pytorch"})
-def offline_evaluation(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    artifacts: ArtifactStore,
-    model_settings: ModelSettings,
-) -> dg.MaterializeResult:
-    """Test-split metrics of every model beside Pop / ItemKNN / SASRec trained on the same split, plus
-    CTR AUC; writes the model card and evaluation.json into the candidate bundle."""
-    model_settings.apply_threads()
-    profile = model_settings.resolved()
-    start = time.perf_counter()
-    data = load_rec_data(warehouse.database)
-    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    retriever_model, ranker_model = load_trained(artifacts, data, cache)
-    examples = warehouse.read("select * from marts.ctr_examples")
-    token = artifacts.path(TOKEN_RANKER)
-    report = offline.evaluate(
-        data,
-        retriever_model,
-        ranker_model,
-        examples,
-        baselines=profile.baselines,
-        sasrec_budget_s=profile.sasrec_budget_s,
-        token_ranker=load_token_ranker(token, pick_device()) if token.is_dir() else None,
-        style=TEXT_STYLE,
-        log=context.log.info,
-    )
-    manifest = artifacts.read_json(f"{CANDIDATE}/manifest.json")
-    manifest["profile"] = profile.name
-    manifest["metrics"] = report.to_dict()
-    artifacts.write(f"{CANDIDATE}/evaluation.json", json.dumps(report.to_dict(), indent=2, default=float))
-    artifacts.write(f"{CANDIDATE}/model_card.md", offline.model_card(report, manifest))
-    artifacts.write(f"{CANDIDATE}/manifest.json", json.dumps(manifest, indent=2, default=float))
-    images = offline.plots(report)
-    ours = report.retrieval["m6rec retriever"]
-    return dg.MaterializeResult(
-        metadata={
-            "report": dg.MetadataValue.md(report.markdown()),
-            "ndcg_at_k_plot": dg.MetadataValue.md(_image(images["ndcg_at_k"], "NDCG@K")),
-            "popularity_plot": dg.MetadataValue.md(_image(images["recommended_popularity"], "popularity")),
-            **{f"test_{k}": float(ours[k]) for k in ("ndcg@10", "hit@10", "mrr@10", "coverage@10")},
-            "test_ctr_auc": float(report.ctr["m6rec segment ranker"]["auc"]),
-            **{
-                f"test_ctr_auc ({name})": float(row["auc"])
-                for name, row in report.ctr.items()
-                if name.startswith("m6rec token ranker")
-            },
-            **{k: float(v) for k, v in report.validation.items()},
-            "seconds": round(time.perf_counter() - start, 1),
+            "serving_retrieval": serving["retrieval"],
+            "serving_ctr": serving["ctr"],
         }
     )
 
@@ -140,20 +197,24 @@ class PromotionConfig(dg.Config):
 def promotion_decision(
     challenger: dict[str, float], champion: dict[str, float] | None, tolerance: float
 ) -> tuple[bool, str]:
-    """Higher is better for every gated metric; a first model is always promoted."""
+    """Higher is better for every gated metric; a first model is always promoted, and so is one whose
+    champion gated other metrics (an older bundle format: nothing to compare)."""
     if not champion:
         return True, "no champion yet"
+    shared = [k for k in champion if k in challenger]
+    if not shared:
+        return True, f"the champion's metrics ({', '.join(sorted(champion))}) are not comparable"
     worse = [
-        f"{k}: {challenger.get(k, float('-inf')):.4f} < {v:.4f} - {tolerance}"
-        for k, v in champion.items()
-        if challenger.get(k, float("-inf")) < v - tolerance
+        f"{k}: {challenger[k]:.4f} < {champion[k]:.4f} - {tolerance}"
+        for k in shared
+        if challenger[k] < champion[k] - tolerance
     ]
     return (
         (False, "challenger is worse on " + "; ".join(worse)) if worse else (True, "not worse on any metric")
     )
 
 
-@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["offline_evaluation"]])
+@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["item_index"]])
 def promoted_model(
     context: dg.AssetExecutionContext, artifacts: ArtifactStore, config: PromotionConfig
 ) -> dg.MaterializeResult:

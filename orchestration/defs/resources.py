@@ -16,7 +16,7 @@ from dagster_dbt import DbtCliResource
 
 from m6rec.data.warehouse import connect
 from m6rec.files import staged, write_atomic
-from m6rec.models.backbones import load_causal_lm, load_encoder, tiny_causal_lm, tiny_encoder
+from m6rec.models.backbones import load_causal_lm, load_encoder, pick_device, tiny_causal_lm, tiny_encoder
 from m6rec.training.profiles import get_profile
 from orchestration import settings
 
@@ -118,10 +118,14 @@ class ModelSettings(dg.ConfigurableResource):
         torch.set_num_threads(self.torch_threads)
 
     def resolved(self):
-        overrides = {"budget_s": self.budget_s} if self.budget_s is not None else {}
+        overrides = {"budget_s": self.budget_s, "budgets": {}} if self.budget_s is not None else {}
         if self.encoder:
             overrides["encoder"] = self.encoder
         return get_profile(self.profile, **overrides)
+
+    def budget(self, model: str) -> float | None:
+        """The wall-clock budget of one trained model (``budget_s``, when set, replaces every one)."""
+        return self.resolved().budget(model)
 
     def load_explainer(self):
         """The explainer LM, or None when switched off."""
@@ -131,12 +135,15 @@ class ModelSettings(dg.ConfigurableResource):
         if name == "auto":
             name = "tiny" if self.resolved().encoder == "tiny" else "smollm2"
         if name == "tiny":
-            return tiny_causal_lm(seed=self.seed, cache_dir=settings.cache_dir())
-        return load_causal_lm(name, settings.cache_dir())
+            return tiny_causal_lm(seed=self.seed, cache_dir=settings.cache_dir()).to(pick_device())
+        return load_causal_lm(name, settings.cache_dir(), device=pick_device())
 
     def load_encoder(self):
+        """The profile's encoder on the GPU when there is one (cache building and scoring run there)."""
         name = self.resolved().encoder
-        return tiny_encoder(seed=self.seed) if name == "tiny" else load_encoder(name, settings.cache_dir())
+        if name == "tiny":
+            return tiny_encoder(seed=self.seed).to(pick_device())
+        return load_encoder(name, settings.cache_dir(), device=pick_device())
 
 
 @dg.definitions

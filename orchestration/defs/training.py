@@ -1,5 +1,7 @@
-"""Training: cached segment states, then the retriever and the CTR ranker over them."""
+"""Training: the segment caches (one encoder pass), then the tuned language model as retriever and CTR
+scorer, and the frozen-feature retriever and segment ranker beside them (each one evaluation row)."""
 
+import json
 import time
 from dataclasses import replace
 
@@ -8,27 +10,41 @@ import pandas as pd
 import torch
 
 from m6rec.data.marts import load_rec_data
+from m6rec.models.lm_layers import LowerLayerCache, build_lower_cache
+from m6rec.models.lm_ranking import train_lm_ranker
+from m6rec.models.lm_retrieval import train_lm_retriever
 from m6rec.models.ranking import train_ranker
 from m6rec.models.retrieval import train_retriever
-from m6rec.models.segments import SegmentCache, build_segment_cache
-from m6rec.training.trainer import TrainConfig, result_metadata
+from m6rec.models.segments import SegmentCache
+from m6rec.training.trainer import TrainConfig, TrainResult, result_metadata
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
     EXPLAINER,
+    EXPLAINER_YES_NO,
+    FROZEN_RETRIEVER,
     GATED_MARTS,
+    LM_CACHE,
+    LM_RANKER,
+    LM_RETRIEVER,
+    LM_RETRIEVER_IDS,
     MARTS,
     MODEL_ASSETS,
-    RANKER,
-    RETRIEVER,
     SEGMENT_CACHE,
+    SEGMENT_RANKER,
+    SEGMENT_STYLE,
     TEXT_STYLE,
     TOKEN_RANKER,
+    load_trained,
     save_trained,
 )
 
 
 def param_count(model: torch.nn.Module) -> dict[str, int]:
+    counts = getattr(model, "parameter_counts", None)
+    if counts is not None:
+        return counts()
     return {
+        "lm_trainable_parameters": 0,  # frozen features: no weight of the language model is trained
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
         "cached_state_values": sum(b.numel() for b in model.buffers()),  # segment cache, not trained
@@ -47,19 +63,24 @@ def segment_cache(
     artifacts: ArtifactStore,
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
-    """Every item and profile text through the frozen encoder once (pooled states), for all models."""
+    """Every item and profile text through the frozen encoder once: the pooled states after the lower
+    layers (what the tuned top layers read) and the sentence embeddings (the frozen-feature models)."""
     model_settings.apply_threads()
     start = time.perf_counter()
     data = load_rec_data(warehouse.database)
     encoder = model_settings.load_encoder()
-    cache = build_segment_cache(encoder, data, TEXT_STYLE)
-    cache.save(artifacts.path(SEGMENT_CACHE))
+    split = model_settings.resolved().lm_split(encoder.num_layers)
+    cache = build_lower_cache(encoder, data, SEGMENT_STYLE, split)
+    cache.save(artifacts.path(LM_CACHE))
+    cache.sentences().save(artifacts.path(SEGMENT_CACHE))
     return dg.MaterializeResult(
         metadata={
             "encoder": encoder.name,
             "items": cache.item_states.shape[0],
             "profiles": cache.profile_states.shape[0],
             "state_dim": cache.item_states.shape[1],
+            "cached_layers": split,
+            "tuned_layers": encoder.num_layers - split,
             "device": str(encoder.device),
             "seconds": round(time.perf_counter() - start, 1),
         }
@@ -77,80 +98,192 @@ def _train_config(
         eval_every=profile.eval_every,
         metric=metric,
         patience=profile.patience,
-        max_seconds=profile.budget_s,
+        max_seconds=model_settings.budget(name),
         seed=model_settings.seed,
         resume=False,
         progress=False,
     )
 
 
+def _metadata(result: TrainResult, cfg: TrainConfig, batch_size: int, model, profile) -> dict:
+    history = pd.DataFrame(result.history)
+    curve = [c for c in ("step", "train_loss", cfg.metric, "hit@10") if c in history]
+    return {
+        **result_metadata(result, cfg, batch_size),
+        **param_count(model),
+        "profile": profile.name,
+        "valid_curve": dg.MetadataValue.md(
+            history[curve].to_markdown(index=False) if len(history) else "(no evaluation)"
+        ),
+    }
+
+
+def _lm_inputs(warehouse: WarehouseResource, artifacts: ArtifactStore, model_settings: ModelSettings):
+    data = load_rec_data(warehouse.database)
+    return data, LowerLayerCache.load(artifacts.path(LM_CACHE)), model_settings.load_encoder().model
+
+
 @dg.asset(
     group_name="training",
-    deps=[MODEL_ASSETS["segment_cache"], MARTS["splits"]],
+    deps=[MODEL_ASSETS["segment_cache"], *GATED_MARTS],
     pool="duckdb",
     kinds={"pytorch"},
 )
-def retriever(
+def lm_retriever(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     artifacts: ArtifactStore,
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
-    """Two-tower retriever, trained on next-item prediction, early-stopped on valid NDCG@10."""
+    """The retriever M6-Rec's way, text only: the encoder's own top layers, initialised from the
+    checkpoint and tuned on next-item prediction over the cached segments (no item IDs anywhere);
+    early-stopped on valid NDCG@10."""
+    model_settings.apply_threads()
+    profile = model_settings.resolved()
+    data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
+    cfg = replace(
+        _train_config(LM_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10"),
+        eval_every=profile.lm_eval_every,
+    )
+    model, result = train_lm_retriever(
+        data,
+        cache,
+        encoder_model,
+        profile.lm_retriever,
+        cfg,
+        batch_size=profile.lm_batch_size,
+        log=context.log.info,
+    )
+    save_trained(artifacts, LM_RETRIEVER, model, profile.lm_retriever)
+    return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_batch_size, model, profile))
+
+
+@dg.asset(
+    group_name="training",
+    deps=[MODEL_ASSETS["lm_retriever"], *GATED_MARTS],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
+def lm_retriever_ids(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
+) -> dg.MaterializeResult:
+    """Item IDs as an add-on: the text-only LM retriever, warm-started, with a learned row per item seen
+    in training added to its item tower; reported beside the text-only model."""
+    model_settings.apply_threads()
+    profile = model_settings.resolved()
+    data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
+    text_only, _ = load_trained(
+        artifacts, LM_RETRIEVER, data, SegmentCache.load(artifacts.path(SEGMENT_CACHE)), cache, encoder_model
+    )
+    config = replace(profile.lm_retriever, use_ids=True)
+    cfg = replace(
+        _train_config(LM_RETRIEVER_IDS, artifacts, model_settings, profile.retriever_steps, "ndcg@10"),
+        eval_every=profile.lm_eval_every,
+    )
+    model, result = train_lm_retriever(
+        data,
+        cache,
+        encoder_model,
+        config,
+        cfg,
+        batch_size=profile.lm_batch_size,
+        init=text_only,
+        log=context.log.info,
+    )
+    save_trained(artifacts, LM_RETRIEVER_IDS, model, config)
+    return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_batch_size, model, profile))
+
+
+@dg.asset(
+    group_name="training",
+    deps=[MODEL_ASSETS["segment_cache"], *GATED_MARTS],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
+def lm_ranker(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
+) -> dg.MaterializeResult:
+    """The CTR scorer M6-Rec's way: the encoder's own top layers tuned over [profile, last history
+    events, candidate] segments (TALLRec labels), early-stopped on valid AUC."""
+    model_settings.apply_threads()
+    profile = model_settings.resolved()
+    data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
+    examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
+    cfg = replace(
+        _train_config(LM_RANKER, artifacts, model_settings, profile.ranker_steps, "auc"),
+        eval_every=profile.lm_eval_every,
+    )
+    model, result = train_lm_ranker(
+        data,
+        cache,
+        encoder_model,
+        examples,
+        profile.lm_ranker,
+        cfg,
+        batch_size=profile.lm_ranker_batch_size,
+        log=context.log.info,
+    )
+    save_trained(artifacts, LM_RANKER, model, profile.lm_ranker)
+    return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_ranker_batch_size, model, profile))
+
+
+@dg.asset(
+    group_name="training",
+    deps=[MODEL_ASSETS["segment_cache"], *GATED_MARTS],
+    pool="duckdb",
+    kinds={"pytorch"},
+)
+def frozen_retriever(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    artifacts: ArtifactStore,
+    model_settings: ModelSettings,
+) -> dg.MaterializeResult:
+    """The frozen-feature baseline: a small transformer trained from scratch over the frozen sentence
+    embeddings, with item-ID rows (no weight of the language model is trained)."""
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
     cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    cfg = _train_config(RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
+    cfg = _train_config(FROZEN_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
     model, result = train_retriever(
         data, cache, profile.retriever, cfg, batch_size=profile.batch_size, log=context.log.info
     )
-    save_trained(artifacts, RETRIEVER, model, profile.retriever)
-    history = pd.DataFrame(result.history)
-    return dg.MaterializeResult(
-        metadata={
-            **result_metadata(result, cfg, profile.batch_size),
-            **param_count(model),
-            "profile": profile.name,
-            "valid_curve": dg.MetadataValue.md(
-                history[["step", "train_loss", "ndcg@10", "hit@10"]].to_markdown(index=False)
-                if len(history)
-                else "(no evaluation)"
-            ),
-        }
-    )
+    save_trained(artifacts, FROZEN_RETRIEVER, model, profile.retriever)
+    return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.batch_size, model, profile))
 
 
 @dg.asset(
     group_name="training",
-    deps=[MODEL_ASSETS["segment_cache"], MARTS["ctr_examples"]],
+    deps=[MODEL_ASSETS["segment_cache"], *GATED_MARTS],
     pool="duckdb",
     kinds={"pytorch"},
 )
-def ranker(
+def segment_ranker(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     artifacts: ArtifactStore,
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
-    """Late-interaction CTR ranker over cached segments (TALLRec labels), early-stopped on valid AUC."""
+    """The frozen-feature CTR baseline: a small transformer from scratch over the frozen sentence
+    embeddings of the segments, with item-ID rows; early-stopped on valid AUC."""
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
-    examples = warehouse.read("select * from marts.ctr_examples")
+    examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
     cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    cfg = _train_config(RANKER, artifacts, model_settings, profile.ranker_steps, "auc")
+    cfg = _train_config(SEGMENT_RANKER, artifacts, model_settings, profile.ranker_steps, "auc")
     model, result = train_ranker(
         data, cache, examples, profile.ranker, cfg, batch_size=profile.ranker_batch_size, log=context.log.info
     )
-    save_trained(artifacts, RANKER, model, profile.ranker)
-    return dg.MaterializeResult(
-        metadata={
-            **result_metadata(result, cfg, profile.ranker_batch_size),
-            **param_count(model),
-            "profile": profile.name,
-        }
-    )
+    save_trained(artifacts, SEGMENT_RANKER, model, profile.ranker)
+    return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.ranker_batch_size, model, profile))
 
 
 @dg.asset(
@@ -224,7 +357,8 @@ def explainer(
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """The instruct causal LM used zero-shot (no tuning on CPU): its Yes/No like-probability AUC on a
-    sample of valid-split CTR examples and a few "... because" explanations, saved for the bundle."""
+    sample of valid-split CTR examples, its answers on a seeded sample of test-split examples (a CTR row
+    of the evaluation) and a few "... because" explanations, saved for the bundle."""
     from m6rec.data.marts import events_of
     from m6rec.evaluation.metrics import ctr_metrics
     from m6rec.models.generation import ctr_behaviour_texts, explain, like_probabilities, like_prompts
@@ -233,6 +367,7 @@ def explainer(
     lm = model_settings.load_explainer()
     if lm is None:
         artifacts.remove(EXPLAINER)
+        artifacts.remove(EXPLAINER_YES_NO)
         return dg.MaterializeResult(metadata={"explainer": "none"})
     start = time.perf_counter()
     data = load_rec_data(warehouse.database)
@@ -242,6 +377,21 @@ def explainer(
     sample = sample.sample(min(len(sample), 64), random_state=0)
     texts = ctr_behaviour_texts(sample, items, profiles, style=TEXT_STYLE, max_events=10)
     probs = like_probabilities(lm, like_prompts(lm, texts))
+    test = warehouse.read("select * from marts.ctr_examples where split = 'test' order by example_id")
+    test = test.sample(min(len(test), model_settings.resolved().smollm2_test_examples), random_state=0)
+    test_texts = ctr_behaviour_texts(test, items, profiles, style=TEXT_STYLE, max_events=10)
+    test_probs = like_probabilities(lm, like_prompts(lm, test_texts))
+    artifacts.write(
+        EXPLAINER_YES_NO,
+        json.dumps(
+            {
+                "row": f"{lm.name} Yes/No (zero-shot, {len(test)} sampled test examples)",
+                "example_ids": test["example_id"].tolist(),
+                "labels": test["label"].astype(int).tolist(),
+                "probabilities": [float(p) for p in test_probs],
+            }
+        ),
+    )
     scored = time.perf_counter() - start
     examples = []
     for row in sample.head(2).itertuples(index=False):
@@ -268,6 +418,7 @@ def explainer(
             "tuning": "none (zero-shot instruct model)",
             "zero_shot_valid_auc": float(ctr_metrics(sample["label"].to_numpy(), probs)["auc"]),
             "auc_sample_size": len(sample),
+            "test_yes_no_examples": len(test),
             "yes_no_seconds": round(scored, 1),
             "sample_explanations": dg.MetadataValue.md("\n".join(examples)),
             "seconds": round(time.perf_counter() - start, 1),

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from m6rec.evaluation import offline
 from orchestration.defs.evaluation import promotion_decision
 from tests.pipeline import asset_metadata
 
@@ -21,36 +22,40 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     report = asset_metadata(result, "offline_evaluation")
     table = report["report"]
     for row in (
-        "m6rec retriever",
+        offline.LM_TEXT_ONLY,
+        offline.LM_WITH_IDS,
+        offline.FROZEN_RETRIEVER_ROW,
         "Pop",
-        "ItemKNN",
-        "m6rec segment ranker",
+        offline.ITEMKNN_ROW,
+        offline.LM_SCORER,
+        offline.SEGMENT_RANKER_ROW,
         "m6rec token ranker (late interaction, k=1)",
-        "item mean rating (baseline)",
+        offline.ITEM_MEAN_ROW,
     ):
         assert f"| {row} |" in table
+    assert "Yes/No (zero-shot, 16 sampled test examples) |" in table
     assert 0.0 <= report["test_ndcg@10"] <= 1.0 and 0.0 <= report["test_ctr_auc"] <= 1.0
     assert report["ndcg_at_k_plot"].startswith("![NDCG@K](data:image/png;base64,")
-    training = asset_metadata(result, "retriever")
-    assert (
-        training["profile"] == "smoke"
-        and training["trainable_parameters"] > 0
-        and training["device"] == "cpu"
-    )
+    tuned, frozen = asset_metadata(result, "lm_retriever"), asset_metadata(result, "frozen_retriever")
+    assert tuned["profile"] == "smoke" and tuned["device"] == "cpu"
+    assert tuned["lm_trainable_parameters"] > 0 and frozen["lm_trainable_parameters"] == 0
+    assert asset_metadata(result, "lm_ranker")["lm_trainable_parameters"] > 0
     champion = home / "artifacts" / "champion"
     evaluation = json.loads((champion / "evaluation.json").read_text())
-    assert set(evaluation["validation"]) == {
-        "retriever_valid_ndcg@10",
-        "retriever_valid_hit@10",
-        "ranker_valid_auc",
-        "token_ranker_valid_auc",
-    }
+    assert set(evaluation["validation"]) == set(offline.GATE_METRICS.values())
+    # per task the best m6rec model on valid serves, and the bundle says so
+    for task, scores in evaluation["valid"].items():
+        assert evaluation["serving"][task] == max(scores, key=lambda row: (scores[row], row))
+    manifest = json.loads((champion / "manifest.json").read_text())
+    assert manifest["retriever"]["name"] == evaluation["serving"]["retrieval"]
+    assert (champion / "token_ranker").is_dir() == evaluation["serving"]["ctr"].startswith("m6rec token")
+    uses_lm = manifest["retriever"]["kind"].startswith("lm_") or manifest["ranker"]["kind"].startswith("lm_")
+    assert (champion / "lm_segments.pt").exists() == uses_lm
     assert "m6rec model card" in (champion / "model_card.md").read_text()
     assert asset_metadata(result, "promoted_model")["promoted"] is True
-    # smoke fine-tunes the (tiny) encoder at token level, as full does, and the bundle serves it.
+    # smoke fine-tunes the (tiny) encoder at token level, as full does
     token = asset_metadata(result, "token_ranker")
     assert token["top_layers"] == 1 and token["steps"] > 0 and token["trainable_parameters"] > 0
-    assert asset_metadata(result, "item_index")["serving_ranker"] == "token"
 
 
 def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
@@ -64,9 +69,9 @@ def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
         "model_card.md",
         "evaluation.json",
         "retriever.pt",
+        "ranker.pt",
         "segments.pt",
-        "token_ranker/candidates.pt",
-        "token_ranker/encoder/model.safetensors",
+        "encoder/model.safetensors",
     ):
         assert part in contents, (part, contents)
 
@@ -78,6 +83,9 @@ def test_promotion_gate_both_ways() -> None:
     assert promotion_decision(better, champion, 0.0) == (True, "not worse on any metric")
     promote, reason = promotion_decision(worse, champion, 0.0)
     assert not promote and "retriever_valid_ndcg@10: 0.0900 < 0.1000" in reason
+    # a champion that gated other metrics (an older bundle format) cannot be compared: replaced
+    promote, reason = promotion_decision({"ctr_valid_auc": 0.5}, champion, 0.0)
+    assert promote and "not comparable" in reason
     assert promotion_decision(worse, champion, 0.02)[0]  # within tolerance
     assert promotion_decision(worse, None, 0.0) == (True, "no champion yet")
 

@@ -6,35 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from m6rec.models.backbones import tiny_encoder
-from m6rec.models.ranking import RankerConfig, new_ranker
-from m6rec.models.retrieval import RetrieverConfig, collate, new_retriever, query_windows
-from m6rec.models.segments import build_segment_cache
-from m6rec.serving.bundle import save_bundle
+from m6rec.models.retrieval import collate, query_windows
 from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery, UnknownItemError
-from m6rec.text.textify import Profile, TextStyle
-from tests.synthetic import synthetic_rec_data
+from m6rec.text.textify import Profile
+from tests.bundle_fixtures import build_tiny_bundle, tiny_models
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory):
-    data = synthetic_rec_data()
-    encoder = tiny_encoder(seed=0)
-    cache = build_segment_cache(encoder, data)
-    torch.manual_seed(0)
-    retriever = new_retriever(RetrieverConfig(dim=32, heads=2, max_len=8), data, cache).eval()
-    ranker = new_ranker(RankerConfig(dim=32, heads=2), data, cache).eval()
-    path = tmp_path_factory.mktemp("bundle") / "model"
-    save_bundle(
-        path,
-        data=data,
-        cache=cache,
-        encoder=encoder,
-        retriever=retriever,
-        ranker=ranker,
-        style=TextStyle(with_popularity=True),
-        metrics={"ndcg@10": 0.5},
-    )
+@pytest.fixture(scope="module", params=["lm", "frozen"])
+def bundle(request, tmp_path_factory: pytest.TempPathFactory):
+    """A bundle served by the tuned-LM models, then one served by the frozen-feature models."""
+    path = build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "model", kind=request.param)
+    data, *_, retriever, ranker = tiny_models(request.param)
     return path, data, retriever
 
 
@@ -58,7 +40,8 @@ def test_recommend_matches_the_trained_user_tower(bundle) -> None:
     history = [HistoryEvent(r.item_id, r.rating, int(r.ts)) for r in user0.itertuples()]
     windows, _, _ = query_windows(data, "test", 8)
     batch = collate(windows[:1])
-    batch["profile_states"] = rec._profile_state(Profile(age=20, gender="F", occupation="engineer"))[None]
+    profile = Profile(age=20, gender="F", occupation="engineer")
+    batch["profile_states"] = rec._profile_state(profile, rec.retriever)[None]
     with torch.no_grad():
         expected = (retriever.user_vectors(batch) @ retriever.item_vectors().T)[0].numpy()
     got = rec.retrieve_scores(history, Profile(age=20, gender="F", occupation="engineer"))

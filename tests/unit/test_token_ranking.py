@@ -18,13 +18,11 @@ from m6rec.models.late_interaction import (
     segment_types,
     train_token_ranker,
 )
-from m6rec.models.ranking import RankerConfig, new_ranker
-from m6rec.models.retrieval import RetrieverConfig, new_retriever
-from m6rec.models.segments import build_segment_cache
 from m6rec.serving.bundle import save_bundle
 from m6rec.serving.recommender import HistoryEvent, Recommender
 from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments
 from m6rec.training.trainer import TrainConfig
+from tests.bundle_fixtures import tiny_models
 from tests.synthetic import ctr_frame, synthetic_rec_data
 
 STYLE = TextStyle(with_popularity=True)
@@ -103,16 +101,16 @@ def test_candidate_states_round_trip(trained, tmp_path) -> None:
 def bundle(trained, tmp_path_factory: pytest.TempPathFactory):
     data, _, scorer, _ = trained
     root = tmp_path_factory.mktemp("bundle")
-    encoder = tiny_encoder(seed=0)
-    cache = build_segment_cache(encoder, data)
-    torch.manual_seed(0)
+    _, encoder, cache, _, specs, retriever, ranker = tiny_models("frozen")
     save_bundle(
         root / "model",
         data=data,
         cache=cache,
         encoder=encoder,
-        retriever=new_retriever(RetrieverConfig(dim=32, heads=2, max_len=8), data, cache).eval(),
-        ranker=new_ranker(RankerConfig(dim=32, heads=2), data, cache).eval(),
+        retriever=retriever,
+        retriever_spec=specs[0],
+        ranker=ranker,
+        ranker_spec=specs[1],
         style=STYLE,
         token_ranker_dir=save_token_ranker(scorer, CONFIG, root / "token_ranker"),
     )
