@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP) ## create .venv and install everything from the package registries
 
+# The main job has the machine to itself: torch uses every core (tests and `make dev` keep 1 thread).
+run: export M6REC_TORCH_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 run: $(STAMP) ## the main job, end to end, on the embedded defaults (MovieLens-100K, CPU): ends in a built Bento
 	$(BIN)/dg launch --job m6rec_pipeline
 

@@ -1,10 +1,20 @@
-"""Quality benchmark: the default-profile retriever and CTR ranker beside Pop, ItemKNN and SASRec,
-all from one run on one leave-one-out split of MovieLens-100K (RecBole LS valid_and_test, order TO).
+"""Quality benchmark: every m6rec model beside Pop, ItemKNN (tuned on valid) and SASRec, all from one
+run on one leave-one-out split of MovieLens-100K (RecBole LS valid_and_test, order TO), selected on
+valid and scored once on test.
+
+Retrieval rows: the tuned-LM retriever text only (MiniLM's top layer fully tuned), the same with LoRA
+adapters (M6-Rec's ~1%-trainable choice), the text-only model warm-started with item-ID rows added, and
+the frozen-feature retriever (a transformer from scratch over frozen sentence embeddings, with IDs).
+CTR rows: the tuned-LM scorer, the frozen-feature segment ranker, the item-mean-rating baseline and
+SmolLM2-135M's zero-shot Yes/No answers on a seeded sample of test examples.
 
 Usage:
-  python bench/quality_ml100k.py [--db data/warehouse.duckdb] [--retriever-s 600] [--ranker-s 300]
-                                 [--sasrec-s 300] [--text-only-s 300]
-Writes bench/results/quality_ml100k.json and prints the markdown table.
+  python bench/quality_ml100k.py [--db data/warehouse.duckdb] [--threads 2] [--lm-s 600] [--lora-s 600]
+      [--ids-s 180] [--frozen-s 300] [--lm-ranker-s 300] [--ranker-s 300] [--sasrec-s 300]
+      [--smollm2-examples 200]
+Writes bench/results/quality_ml100k.json (``retrieval`` / ``ctr``: test metrics by row; ``train``:
+budgets, valid metrics and parameter counts by row, ``lm_trainable_parameters`` among them) and prints
+the markdown table.
 """
 
 from __future__ import annotations
@@ -20,19 +30,26 @@ from importlib.metadata import version
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import torch
 
 from m6rec.data.marts import load_rec_data
-from m6rec.evaluation.offline import evaluate, genre_features, ranking_report
-from m6rec.models.backbones import load_encoder
+from m6rec.evaluation import offline
+from m6rec.models.backbones import load_causal_lm, load_encoder
+from m6rec.models.generation import yes_no_sample
+from m6rec.models.lm_layers import build_lower_cache
+from m6rec.models.lm_ranking import train_lm_ranker
+from m6rec.models.lm_retrieval import train_lm_retriever
 from m6rec.models.ranking import train_ranker
-from m6rec.models.retrieval import query_windows, score_windows, train_retriever
-from m6rec.models.segments import SegmentCache, build_segment_cache
+from m6rec.models.retrieval import train_retriever
 from m6rec.text.textify import TextStyle
-from m6rec.training.profiles import get_profile
-from m6rec.training.trainer import TrainConfig
+from m6rec.training.profiles import LORA_TUNING, get_profile
+from m6rec.training.trainer import TrainConfig, result_metadata
 
 REPO = Path(__file__).resolve().parents[1]
+TEXT_STYLE = TextStyle(with_popularity=True)  # as orchestration.stages: behaviour sentences
+SEGMENT_STYLE = replace(TEXT_STYLE, with_watched_next=True)  # item segments
+LM_LORA = "m6rec LM retriever (text only, LoRA)"
 
 
 def main() -> None:
@@ -40,55 +57,154 @@ def main() -> None:
     parser.add_argument(
         "--db", default=os.environ.get("M6REC_DUCKDB_PATH", str(REPO / "data/warehouse.duckdb"))
     )
-    parser.add_argument("--retriever-s", type=float, default=600)
-    parser.add_argument("--text-only-s", type=float, default=300)
+    parser.add_argument("--lm-s", type=float, default=600)
+    parser.add_argument("--lora-s", type=float, default=600)
+    parser.add_argument("--ids-s", type=float, default=180)
+    parser.add_argument("--frozen-s", type=float, default=300)
+    parser.add_argument("--lm-ranker-s", type=float, default=300)
     parser.add_argument("--ranker-s", type=float, default=300)
     parser.add_argument("--sasrec-s", type=float, default=300)
+    parser.add_argument("--smollm2-examples", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(REPO / "bench/results/quality_ml100k.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     profile = get_profile("default")
     data = load_rec_data(args.db)
     with duckdb.connect(args.db, read_only=True) as conn:
         examples = conn.execute("select * from marts.ctr_examples").df()
+    encoder = load_encoder("minilm")
     start = time.perf_counter()
-    cache_path = REPO / "data" / "cache" / "segments_minilm.pt"
-    if cache_path.exists():
-        cache = SegmentCache.load(cache_path)
-    else:
-        cache = build_segment_cache(load_encoder("minilm"), data, TextStyle(with_popularity=True))
-        cache.save(cache_path)
+    lm_cache = build_lower_cache(encoder, data, SEGMENT_STYLE, profile.lm_split(encoder.num_layers))
+    cache = lm_cache.sentences()
     cache_s = time.perf_counter() - start
 
-    def train_cfg(name: str, budget: float, steps: int, metric: str) -> TrainConfig:
+    def train_config(name: str, budget: float, metric: str, **changes) -> TrainConfig:
         return TrainConfig(
             output_dir=str(REPO / "data" / "bench" / name),
-            max_steps=steps,
-            eval_every=100,
+            max_steps=100_000,
+            lr=1e-3,
+            eval_every=profile.eval_every,
             metric=metric,
             patience=profile.patience,
             max_seconds=budget,
             resume=False,
             progress=False,
+            **changes,
         )
 
-    retriever, r_result = train_retriever(
-        data, cache, profile.retriever, train_cfg("retriever", args.retriever_s, 10_000, "ndcg@10"), log=print
+    lm_kwargs = {"eval_every": profile.lm_eval_every, "lr_decay": profile.lm_lr_decay}
+    trained = {}  # row -> (model, TrainResult, TrainConfig, batch size)
+
+    def record(row, model, result, cfg, batch_size):
+        trained[row] = (model, result, cfg, batch_size)
+        print(f"{row}: best valid {cfg.metric} {result.best_metric:.4f} ({result.seconds:.0f}s)", flush=True)
+        return model
+
+    cfg = train_config("lm_retriever", args.lm_s, "ndcg@10", **lm_kwargs)
+    text_only = record(
+        offline.LM_TEXT_ONLY,
+        *train_lm_retriever(
+            data, lm_cache, encoder.model, profile.lm_retriever, cfg, batch_size=profile.lm_batch_size
+        ),
+        cfg,
+        profile.lm_batch_size,
     )
-    text_cfg = replace(profile.retriever, use_ids=False)
-    text_only, t_result = train_retriever(
-        data, cache, text_cfg, train_cfg("retriever_text", args.text_only_s, 10_000, "ndcg@10")
+    cfg = train_config("lm_retriever_lora", args.lora_s, "ndcg@10", **lm_kwargs)
+    lora = replace(profile.lm_retriever, **LORA_TUNING)
+    record(
+        LM_LORA,
+        *train_lm_retriever(data, lm_cache, encoder.model, lora, cfg, batch_size=profile.lm_batch_size),
+        cfg,
+        profile.lm_batch_size,
     )
-    ranker, k_result = train_ranker(
-        data, cache, examples, profile.ranker, train_cfg("ranker", args.ranker_s, 20_000, "auc"), log=print
+    cfg = train_config("lm_retriever_ids", args.ids_s, "ndcg@10", **lm_kwargs)
+    with_ids = replace(profile.lm_retriever, use_ids=True)
+    record(
+        offline.LM_WITH_IDS,
+        *train_lm_retriever(
+            data, lm_cache, encoder.model, with_ids, cfg, batch_size=profile.lm_batch_size, init=text_only
+        ),
+        cfg,
+        profile.lm_batch_size,
     )
-    report = evaluate(data, retriever, ranker, examples, sasrec_budget_s=args.sasrec_s, log=print)
-    windows, targets, exclude = query_windows(data, "test", text_cfg.max_len)
-    metrics, curve, pop = ranking_report(
-        score_windows(text_only, windows), targets, exclude, data, genre_features(data)
+    cfg = train_config("frozen_retriever", args.frozen_s, "ndcg@10")
+    record(
+        offline.FROZEN_RETRIEVER_ROW,
+        *train_retriever(data, cache, profile.retriever, cfg, batch_size=profile.batch_size),
+        cfg,
+        profile.batch_size,
     )
-    report.retrieval["m6rec retriever, text + popularity only (no ID rows)"] = metrics
+    ctr_train = examples[examples["split"].isin(["train", "valid"])]
+    cfg = train_config("lm_ranker", args.lm_ranker_s, "auc", **lm_kwargs)
+    record(
+        offline.LM_SCORER,
+        *train_lm_ranker(
+            data,
+            lm_cache,
+            encoder.model,
+            ctr_train,
+            profile.lm_ranker,
+            cfg,
+            batch_size=profile.lm_ranker_batch_size,
+        ),
+        cfg,
+        profile.lm_ranker_batch_size,
+    )
+    cfg = train_config("segment_ranker", args.ranker_s, "auc")
+    record(
+        offline.SEGMENT_RANKER_ROW,
+        *train_ranker(data, cache, ctr_train, profile.ranker, cfg, batch_size=profile.ranker_batch_size),
+        cfg,
+        profile.ranker_batch_size,
+    )
+
+    t0 = time.perf_counter()
+    lm = load_causal_lm("smollm2", REPO / "data" / "cache")
+    items = dict(zip(data.items["item_id"], data.item_texts(), strict=True))
+    profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
+    sample, probs = yes_no_sample(
+        lm, examples[examples["split"] == "test"], items, profiles, args.smollm2_examples, style=TEXT_STYLE
+    )
+    yes_no_row = f"{lm.name} Yes/No (zero-shot, {len(sample)} sampled test examples)"
+    yes_no_s = time.perf_counter() - t0
+    del lm
+
+    retrievers = {row: m for row, (m, *_) in trained.items() if hasattr(m, "item_vectors")}
+    rankers = {row: m for row, (m, *_) in trained.items() if row not in retrievers}
+    report = offline.evaluate(
+        data,
+        retrievers,
+        rankers,
+        examples,
+        sasrec_budget_s=args.sasrec_s,
+        extra_ctr={yes_no_row: (sample["label"].to_numpy(), np.asarray(probs))},
+        log=print,
+    )
+    train = {}
+    for row, (model, result, cfg, batch_size) in trained.items():
+        counts = getattr(model, "parameter_counts", None)
+        report.parameters[row] = (
+            counts()
+            if counts
+            else {
+                "lm_trainable_parameters": 0,
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "total_parameters": sum(p.numel() for p in model.parameters()),
+            }
+        )
+        meta = result_metadata(result, cfg, batch_size)
+        meta.pop("config")
+        train[row] = {
+            **meta,
+            **report.parameters[row],
+            "budget_s": cfg.max_seconds,
+            "lr_decay": cfg.lr_decay,
+            "model_config": asdict(model.config),
+        }
+    train[yes_no_row] = {"lm_trainable_parameters": 0, "seconds": round(yes_no_s, 1), "examples": len(sample)}
     table = report.markdown()
+    sasrec = report.retrieval["SASRec (IDs)"]["ndcg@10"]
     out = {
         "command": "python bench/quality_ml100k.py " + " ".join(sys.argv[1:]),
         "machine": {
@@ -97,31 +213,20 @@ def main() -> None:
             "platform": platform.platform(),
             "cuda": torch.cuda.is_available(),
         },
-        "versions": {p: version(p) for p in ["torch", "transformers", "accelerate", "duckdb"]},
+        "versions": {p: version(p) for p in ["torch", "transformers", "accelerate", "peft", "duckdb"]},
         "segment_cache_s": round(cache_s, 1),
-        "train": {
-            "retriever": {
-                "seconds": round(r_result.seconds, 1),
-                "best_valid_ndcg@10": r_result.best_metric,
-                "best_step": r_result.best_step,
-                "stopped": r_result.stopped,
-            },
-            "retriever_text_only": {
-                "seconds": round(t_result.seconds, 1),
-                "best_valid_ndcg@10": t_result.best_metric,
-            },
-            "ranker": {
-                "seconds": round(k_result.seconds, 1),
-                "best_valid_auc": k_result.best_metric,
-                "stopped": k_result.stopped,
-            },
-        },
-        "config": {"retriever": asdict(profile.retriever), "ranker": asdict(profile.ranker)},
+        "cached_layers": lm_cache.split,
+        "tuned_layers": encoder.num_layers - lm_cache.split,
         **report.to_dict(),
+        "train": train,
+        "ratio_to_sasrec_ndcg@10": {
+            row: report.retrieval[row]["ndcg@10"] / sasrec
+            for row in report.retrieval
+            if row.startswith("m6rec")
+        },
         "table": table,
     }
-    path = REPO / "bench" / "results" / "quality_ml100k.json"
-    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
     print(table)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from m6rec.text.textify import Event, ItemText, Profile
-from m6rec.data.warehouse import connect
 
 SPLIT_ORDER = ("train", "valid", "test")
 
@@ -92,8 +91,28 @@ def events_of(frame: pd.DataFrame, item_texts: list[ItemText]) -> list[Event]:
     ]
 
 
+PARQUET_FILES = ("items", "users", "events")
+
+
+def save_rec_data(data: RecData, folder: str | Path) -> Path:
+    """The marts in memory as Parquet files, for a machine without the warehouse (the GPU suite)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PARQUET_FILES:
+        getattr(data, name).to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+def read_rec_data(folder: str | Path) -> RecData:
+    """What :func:`save_rec_data` wrote."""
+    frames = {name: pd.read_parquet(Path(folder) / f"{name}.parquet") for name in PARQUET_FILES}
+    return RecData(**frames)
+
+
 def load_rec_data(database: str | Path) -> RecData:
     """Read the marts (read-only; waits for a writer to finish)."""
+    from m6rec.data.warehouse import connect  # duckdb: only where there is a warehouse
+
     with connect(database, read_only=True) as conn:
         items = conn.execute("select * from marts.item_catalogue order by item_idx").df()
         users = conn.execute("select * from marts.user_profiles order by user_idx").df()

@@ -253,6 +253,24 @@ def like_probabilities(
     return out
 
 
+def yes_no_sample(
+    lm: CausalLM,
+    examples: Any,
+    items: Mapping[Any, ItemText],
+    profiles: Mapping[Any, Profile],
+    n: int,
+    *,
+    style: TextStyle = DEFAULT_STYLE,
+    seed: int = 0,
+) -> tuple[Any, np.ndarray]:
+    """The LM's zero-shot ``P(Yes)`` for a seeded sample of ``n`` ``marts.ctr_examples`` rows (a
+    DataFrame; the sample does not depend on the frame's row order): ``(sample, probabilities)``."""
+    ordered = examples.sort_values("example_id")
+    sample = ordered.sample(min(len(ordered), n), random_state=seed)
+    texts = ctr_behaviour_texts(sample, items, profiles, style=style, max_events=10)
+    return sample, like_probabilities(lm, like_prompts(lm, texts))
+
+
 # --------------------------------------------------------------------------------------------------
 # few-shot tuning
 

@@ -103,7 +103,14 @@ class TopLayers(nn.Module):
     segment states. ``tuning``: ``"full"`` trains every weight, ``"lora"`` adds rank-``r`` adapters to
     every linear map (peft) and freezes the rest, ``"frozen"`` trains none (an ablation)."""
 
-    def __init__(self, encoder_model: nn.Module, split: int, tuning: str = "full", lora_rank: int = 8):
+    def __init__(
+        self,
+        encoder_model: nn.Module,
+        split: int,
+        tuning: str = "full",
+        lora_rank: int = 8,
+        pretrained: bool = True,
+    ):
         super().__init__()
         if tuning not in TUNING_METHODS:
             raise ValueError(f"unknown tuning {tuning!r}; choose one of {TUNING_METHODS}")
@@ -116,6 +123,9 @@ class TopLayers(nn.Module):
         if not 0 <= split < len(layers):
             raise ValueError(f"split must be in 0..{len(layers) - 1}, got {split}")
         self.layers = nn.ModuleList(copy.deepcopy(list(layers[split:])))
+        self.pretrained = pretrained
+        if not pretrained:  # the ablation: the same architecture from random weights
+            self.layers.apply(encoder_model._init_weights)
         self.tuning = tuning
         if tuning == "lora":
             from peft import LoraConfig, inject_adapter_in_model
@@ -141,7 +151,10 @@ class TopLayers(nn.Module):
         return hidden
 
     def pretrained_parameters(self) -> int:
-        """Weights of the language model (or adapters on it) that receive gradients."""
+        """Weights of the pretrained language model (or adapters on it) that receive gradients; 0 for
+        the random-init ablation, whose layers hold no pretrained weight."""
+        if not self.pretrained:
+            return 0
         return sum(p.numel() for p in self.layers.parameters() if p.requires_grad)
 
 
@@ -185,6 +198,7 @@ class LMSegmentModel(nn.Module):
         *,
         tuning: str,
         lora_rank: int,
+        pretrained: bool = True,
         max_positions: int,
         dropout: float,
         pop_buckets: torch.Tensor,
@@ -196,7 +210,7 @@ class LMSegmentModel(nn.Module):
         self.register_buffer("item_sentences", cache.item_sentences.float().clone())
         self.register_buffer("profile_states", cache.profile_states.float().clone())
         self.register_buffer("pop_buckets", pop_buckets.long().clone())
-        self.top = TopLayers(encoder_model, cache.split, tuning, lora_rank)
+        self.top = TopLayers(encoder_model, cache.split, tuning, lora_rank, pretrained)
         self.type_emb = nn.Embedding(3, hidden)
         self.pos_emb = nn.Embedding(max_positions, hidden)
         self.rating_emb = nn.Embedding(N_RATING_IDS, hidden)

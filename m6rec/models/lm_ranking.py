@@ -30,6 +30,7 @@ from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 class LMRankerConfig:
     tuning: str = "full"
     lora_rank: int = 8
+    pretrained: bool = True  # False: the top layers' architecture from random weights (an ablation)
     lm_lr: float = 1e-4
     dropout: float = 0.1
     history: int = 10  # positions for history events (marts.ctr_examples keeps the last N)
@@ -54,6 +55,7 @@ class LMRanker(LMSegmentModel):
             encoder_model,
             tuning=config.tuning,
             lora_rank=config.lora_rank,
+            pretrained=config.pretrained,
             max_positions=config.history + 2,
             dropout=config.dropout,
             pop_buckets=pop_buckets,

@@ -32,6 +32,7 @@ from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 class LMRetrieverConfig:
     tuning: str = "full"  # "full" | "lora" | "frozen" (the top layers)
     lora_rank: int = 8
+    pretrained: bool = True  # False: the top layers' architecture from random weights (an ablation)
     lm_lr: float = 1e-4  # the pretrained layers; new weights use the trainer's lr
     dim: int = 256
     item_head: str = "mlp"  # "mlp" | "linear" over the item's sentence + lower-layer states
@@ -61,6 +62,7 @@ class LMRetriever(LMSegmentModel):
             encoder_model,
             tuning=config.tuning,
             lora_rank=config.lora_rank,
+            pretrained=config.pretrained,
             max_positions=config.max_len + 1,
             dropout=config.dropout,
             pop_buckets=pop_buckets,

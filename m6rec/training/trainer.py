@@ -37,6 +37,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # "linear": the learning rate falls linearly to 0 as training approaches max_steps or, when it comes
+    # first, the time budget (a budgeted run then ends on small steps instead of a noisy last one)
+    lr_decay: str = "none"
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     eval_every: int = 100
@@ -111,10 +114,10 @@ class Trainer:
             lr=config.lr,
             weight_decay=config.weight_decay,
         )
-        warmup = max(config.warmup_steps, 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        self._clock: tuple[float, float] | None = None  # (start, seconds before it): set by fit()
+        if config.lr_decay not in ("none", "linear"):
+            raise ValueError(f"lr_decay must be 'none' or 'linear', got {config.lr_decay!r}")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, train_loader, scheduler
         )
@@ -130,6 +133,19 @@ class Trainer:
             "seconds": 0.0,
             "step_seconds": 0.0,
         }
+
+    def _lr_factor(self, step: int) -> float:
+        """Warm-up, then (``lr_decay="linear"``) a linear fall to 0 over the run's steps or its time
+        budget, whichever is further along."""
+        cfg = self.config
+        factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        if cfg.lr_decay == "linear":
+            done = step / max(cfg.max_steps, 1)
+            if cfg.max_seconds and self._clock is not None:
+                start, before = self._clock
+                done = max(done, (before + time.perf_counter() - start) / cfg.max_seconds)
+            factor *= max(0.0, 1.0 - done)
+        return factor
 
     @property
     def device(self) -> torch.device:
@@ -182,6 +198,7 @@ class Trainer:
         if self.state["step"] == 0 and self.state["best_metric"] is None:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         start, elapsed_before = time.perf_counter(), self.state["seconds"]
+        self._clock = (start, elapsed_before)
         history: list[dict[str, float]] = []
         stopped = "max_steps"
         self.model.train()

@@ -10,6 +10,7 @@ import numpy as np
 
 from m6rec.data.marts import load_rec_data
 from m6rec.evaluation import offline
+from m6rec.evaluation.zero_shot import zero_shot_report
 from m6rec.models.backbones import pick_device
 from m6rec.models.late_interaction import load_token_ranker
 from m6rec.models.lm_layers import LowerLayerCache
@@ -78,9 +79,10 @@ def offline_evaluation(
     if artifacts.exists(EXPLAINER_YES_NO):
         answers = artifacts.read_json(EXPLAINER_YES_NO)
         extra[answers["row"]] = (np.asarray(answers["labels"]), np.asarray(answers["probabilities"]))
+    retrievers = {row: m for row, (_, m, spec) in models.items() if spec["kind"].endswith("retriever")}
     report = offline.evaluate(
         data,
-        {row: m for row, (_, m, spec) in models.items() if spec["kind"].endswith("retriever")},
+        retrievers,
         {row: m for row, (_, m, spec) in models.items() if spec["kind"].endswith("ranker")},
         examples,
         baselines=profile.baselines,
@@ -101,7 +103,11 @@ def offline_evaluation(
                 "total_parameters": sum(p.numel() for p in model.parameters()),
             }
         )
-    artifacts.write(EVALUATION, json.dumps(report.to_dict(), indent=2, default=float))
+    evaluation = report.to_dict()
+    zero_shot = zero_shot_report(retrievers, data)  # {} unless the marts hold cold items (zero_shot on)
+    if zero_shot:
+        evaluation["zero_shot"] = zero_shot
+    artifacts.write(EVALUATION, json.dumps(evaluation, indent=2, default=float))
     images = offline.plots(report)
     serving_retriever = report.retrieval[report.serving["retrieval"]]
     return dg.MaterializeResult(

@@ -144,6 +144,7 @@ def lm_retriever(
     cfg = replace(
         _train_config(LM_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10"),
         eval_every=profile.lm_eval_every,
+        lr_decay=profile.lm_lr_decay,
     )
     model, result = train_lm_retriever(
         data,
@@ -182,6 +183,7 @@ def lm_retriever_ids(
     cfg = replace(
         _train_config(LM_RETRIEVER_IDS, artifacts, model_settings, profile.retriever_steps, "ndcg@10"),
         eval_every=profile.lm_eval_every,
+        lr_decay=profile.lm_lr_decay,
     )
     model, result = train_lm_retriever(
         data,
@@ -218,6 +220,7 @@ def lm_ranker(
     cfg = replace(
         _train_config(LM_RANKER, artifacts, model_settings, profile.ranker_steps, "auc"),
         eval_every=profile.lm_eval_every,
+        lr_decay=profile.lm_lr_decay,
     )
     model, result = train_lm_ranker(
         data,
@@ -361,7 +364,7 @@ def explainer(
     of the evaluation) and a few "... because" explanations, saved for the bundle."""
     from m6rec.data.marts import events_of
     from m6rec.evaluation.metrics import ctr_metrics
-    from m6rec.models.generation import ctr_behaviour_texts, explain, like_probabilities, like_prompts
+    from m6rec.models.generation import explain, yes_no_sample
 
     model_settings.apply_threads()
     lm = model_settings.load_explainer()
@@ -373,14 +376,14 @@ def explainer(
     data = load_rec_data(warehouse.database)
     items = dict(zip(data.items["item_id"], data.item_texts(), strict=True))
     profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
-    sample = warehouse.read("select * from marts.ctr_examples where split = 'valid' order by example_id")
-    sample = sample.sample(min(len(sample), 64), random_state=0)
-    texts = ctr_behaviour_texts(sample, items, profiles, style=TEXT_STYLE, max_events=10)
-    probs = like_probabilities(lm, like_prompts(lm, texts))
-    test = warehouse.read("select * from marts.ctr_examples where split = 'test' order by example_id")
-    test = test.sample(min(len(test), model_settings.resolved().smollm2_test_examples), random_state=0)
-    test_texts = ctr_behaviour_texts(test, items, profiles, style=TEXT_STYLE, max_events=10)
-    test_probs = like_probabilities(lm, like_prompts(lm, test_texts))
+    examples = warehouse.read("select * from marts.ctr_examples where split in ('valid', 'test')")
+    sample, probs = yes_no_sample(
+        lm, examples[examples["split"] == "valid"], items, profiles, 64, style=TEXT_STYLE
+    )
+    n_test = model_settings.resolved().smollm2_test_examples
+    test, test_probs = yes_no_sample(
+        lm, examples[examples["split"] == "test"], items, profiles, n_test, style=TEXT_STYLE
+    )
     artifacts.write(
         EXPLAINER_YES_NO,
         json.dumps(

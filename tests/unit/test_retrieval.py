@@ -88,20 +88,6 @@ def test_training_learns_the_next_item_pattern(tmp_path) -> None:
     assert evaluate_retrieval(model, data, "test")["hit@10"] > 0.8
 
 
-def test_zero_shot_report_ranks_cold_items_among_cold_items() -> None:
-    from m6rec.evaluation.zero_shot import zero_shot_report
-
-    data, _, model = _setup()
-    cold_items = [5, 6, 7, 8]
-    data.items["is_cold"] = data.items["item_idx"].isin(cold_items)
-    cold_events = data.events["item_idx"].isin(cold_items)
-    data.events.loc[cold_events, "split"] = "cold"
-    report = zero_shot_report(model, data, ks=(1, 2))
-    assert report["n_cold_items"] == 4 and report["n_cold_events"] == cold_events.sum()
-    assert report["hr@2_random"] == 0.5 and 0.0 <= report["hr@1"] <= report["hr@2"] <= 1.0
-    assert 0.0 <= report["hr@1_untrained_text_similarity"] <= 1.0
-
-
 def test_in_batch_negatives_and_hard_negatives() -> None:
     data, _, full = _setup(dropout=0.0, id_dropout=0.0)
     batch = collate(training_windows(data, 8)[:4])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -80,3 +82,40 @@ def test_early_stopping_keeps_best_weights(tmp_path: Path) -> None:
     assert result.stopped == "early_stopping" and result.steps < 1000
     final = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert result.best_metric == min(r["mse"] for r in final)
+
+
+def test_linear_decay_and_parameter_groups(tmp_path) -> None:
+    """Warm-up then a linear fall to 0 by max_steps; parameter groups keep their own learning rates and a
+    group with nothing trainable is dropped."""
+    x, y = _problem()
+    fast, slow, frozen = torch.nn.Linear(4, 1), torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    frozen.requires_grad_(False)
+    model = torch.nn.ModuleDict({"fast": fast, "slow": slow, "frozen": frozen})
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    cfg = TrainConfig(
+        output_dir=str(tmp_path), max_steps=10, lr=0.1, warmup_steps=2, lr_decay="linear", progress=False
+    )
+    groups = [
+        {"params": list(fast.parameters()), "lr": 0.1},
+        {"params": list(slow.parameters()), "lr": 0.01},
+        {"params": list(frozen.parameters()), "lr": 1.0},
+    ]
+    trainer = Trainer(
+        model,
+        lambda m, b: torch.nn.functional.mse_loss(m["slow"](m["fast"](b[0])).squeeze(-1), b[1]),
+        loader,
+        lambda m: {"ndcg@10": 0.0},
+        cfg,
+        params=groups,
+    )
+    factors = [trainer._lr_factor(step) for step in range(11)]
+    assert factors[0] == 0.5 * 1.0 and factors[1] == 0.9  # warm-up x decay
+    assert factors[5] == 0.5 and factors[10] == 0.0
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.05, 0.005]  # step 0: half of each
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.fit()
+    after = model.state_dict()
+    assert torch.equal(after["frozen.weight"], before["frozen.weight"])
+    assert not torch.equal(after["slow.weight"], before["slow.weight"])
+    with pytest.raises(ValueError, match="lr_decay"):
+        Trainer(model, lambda m, b: 0, loader, lambda m: {}, replace(cfg, lr_decay="cosine"))
