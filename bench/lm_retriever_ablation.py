@@ -4,9 +4,9 @@ Every variant trains the text-only LM retriever (``m6rec.models.lm_retrieval``) 
 lower-layer segment states for the same wall-clock budget, selects its weights on valid NDCG@10 and is
 then scored once on test (selection never looks at test):
 
-- ``full``: the default recipe (top layer tuned fully, "often watched next" in item texts, linear
-  learning-rate decay over the budget);
-- ``no_decay``: a constant learning rate;
+- ``full``: the default recipe (top layer tuned fully, "often watched next" in item texts, a constant
+  learning rate);
+- ``lr_decay``: the learning rate falling linearly to 0 over the budget;
 - ``lora``: LoRA adapters on the top layer instead of full tuning (M6-Rec's ~1%-trainable choice);
 - ``frozen_lm``: the top layer not tuned (heads and embeddings only);
 - ``random_init``: the top layer's architecture from random weights (no pretrained weight);
@@ -43,13 +43,13 @@ REPO = Path(__file__).resolve().parents[1]
 STYLE = TextStyle(with_popularity=True, with_watched_next=True)
 VARIANTS = {
     # name: (retriever config changes, text style, tuned top layers, lr decay)
-    "full": ({}, STYLE, 1, "linear"),
-    "no_decay": ({}, STYLE, 1, "none"),
-    "lora": (LORA_TUNING, STYLE, 1, "linear"),
-    "frozen_lm": ({"tuning": "frozen"}, STYLE, 1, "linear"),
-    "random_init": ({"pretrained": False}, STYLE, 1, "linear"),
-    "no_watched_next": ({}, replace(STYLE, with_watched_next=False), 1, "linear"),
-    "two_layers": ({}, STYLE, 2, "linear"),
+    "full": ({}, STYLE, 1, "none"),
+    "lr_decay": ({}, STYLE, 1, "linear"),
+    "lora": (LORA_TUNING, STYLE, 1, "none"),
+    "frozen_lm": ({"tuning": "frozen"}, STYLE, 1, "none"),
+    "random_init": ({"pretrained": False}, STYLE, 1, "none"),
+    "no_watched_next": ({}, replace(STYLE, with_watched_next=False), 1, "none"),
+    "two_layers": ({}, STYLE, 2, "none"),
 }
 
 

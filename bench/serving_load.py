@@ -9,9 +9,10 @@ Variants of `recommend` (each at concurrency 1, 8, 32):
     BentoML's dispatcher merges concurrent calls into one model pass).
 
 It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `make run` built) with
-`bentoml serve` on a free localhost port (M6REC_WORKERS worker processes), and stops it at the end.
+`bentoml serve` on a free localhost port, and stops it at the end. Without --workers / --threads the
+service runs with its own defaults, exactly as `make serve` does (one worker per core, at most 4).
 
-Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads 1] [--workers 1]
+Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads N] [--workers N]
                                    [--autocast off|bf16]
 Writes bench/results/serving_load.json (or --out).
 """
@@ -93,8 +94,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--soak", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per service worker")
-    parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per service worker (default: the service's)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="service worker processes (default: the service's)"
+    )
     parser.add_argument("--autocast", default="off", choices=["off", "bf16"], help="M6REC_AUTOCAST")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving_load.json"))
     args = parser.parse_args()
@@ -102,13 +107,16 @@ def main() -> None:
     items = pd.read_parquet(REPO / "data" / "artifacts" / "champion" / "items.parquet")["item_id"].tolist()
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("M6REC_TORCH_THREADS", "M6REC_WORKERS")},
         "BENTOML_HOME": str(home),
-        "M6REC_TORCH_THREADS": str(args.threads),
-        "M6REC_WORKERS": str(args.workers),
         "M6REC_AUTOCAST": args.autocast,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
+    # Unset: the service's own defaults, as `make serve` runs it.
+    if args.threads is not None:
+        env["M6REC_TORCH_THREADS"] = str(args.threads)
+    if args.workers is not None:
+        env["M6REC_WORKERS"] = str(args.workers)
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "bentoml"),
@@ -128,8 +136,8 @@ def main() -> None:
     report = {
         "command": "python bench/serving_load.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count()},
-        "service_torch_threads": args.threads,
-        "service_workers": args.workers,
+        "service_torch_threads": args.threads if args.threads is not None else "service default",
+        "service_workers": args.workers if args.workers is not None else "service default",
         "service_autocast": args.autocast,
         "runs": [],
     }

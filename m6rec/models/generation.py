@@ -24,6 +24,7 @@ Every prompt starts from the textify behaviour text (:func:`m6rec.text.textify.b
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -618,6 +619,68 @@ def sequence_logprobs(
     return out
 
 
+@torch.no_grad()
+def continuation_logprobs(
+    lm: CausalLM,
+    context: str,
+    continuations: Sequence[str],
+    *,
+    model: nn.Module | None = None,
+    normalize: bool = True,
+    batch_size: int = 32,
+    max_length: int | None = 512,
+) -> np.ndarray:
+    """``log P(continuation | context)`` for many continuations of one context (divided by each
+    continuation's token count when ``normalize``): the context runs through the model once and its
+    key/value cache is reused for every batch of continuations, so ranking N candidates costs the
+    context plus N short continuations instead of N full sequences (the same numbers as
+    :func:`sequence_logprobs`, tested; the context likewise loses its oldest tokens when context plus
+    the longest continuation exceed ``max_length``)."""
+    model = lm.model if model is None else model
+    if isinstance(model, OptionTuningModel):
+        model = model.backbone
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    tok = lm.tokenizer
+    ctx = tok.encode(context, add_special_tokens=False) or [
+        tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    ]
+    conts = [tok.encode(c, add_special_tokens=False) for c in continuations]
+    if any(not c for c in conts):
+        raise ValueError("empty continuation")
+    limit = max_length or lm.max_length
+    longest = max((len(c) for c in conts), default=0)
+    if longest >= limit:
+        raise ValueError(f"continuation of {longest} tokens does not fit max_length={limit}")
+    ctx = ctx[max(0, len(ctx) + longest - limit) :]
+    out = np.empty(len(conts), dtype=np.float64)
+    try:
+        first = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+        first_logp = first.logits[0, -1].float().log_softmax(-1)
+        for start in range(0, len(conts), batch_size):
+            batch = conts[start : start + batch_size]
+            width = max(len(c) for c in batch)
+            ids = torch.tensor([c + [tok.pad_token_id] * (width - len(c)) for c in batch], device=device)
+            real = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in batch], device=device)
+            cache = copy.deepcopy(first.cache)
+            cache.batch_repeat_interleave(len(batch))
+            mask = torch.cat([torch.ones(len(batch), len(ctx), dtype=real.dtype, device=device), real], 1)
+            positions = (len(ctx) + torch.arange(width, device=device))[None].expand(len(batch), -1)
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache
+            ).logits.float()
+            logp = torch.cat([first_logp.expand(len(batch), 1, -1), logits[:, :-1].log_softmax(-1)], 1)
+            token_lp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * real
+            totals = token_lp.sum(1)
+            if normalize:
+                totals = totals / real.sum(1)
+            out[start : start + len(batch)] = totals.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
 def rank_candidates(
     lm: CausalLM,
     profile: Profile | None,
@@ -639,8 +702,8 @@ def rank_candidates(
     context = chat_prompt(lm, user, system=instruction)
     who = pronoun(profile).capitalize()
     sentences = [f"{who} will like {item_text(c, style)}." for c in candidates]
-    scores = sequence_logprobs(
-        lm, [context] * len(sentences), sentences, model=model, batch_size=batch_size, max_length=max_length
+    scores = continuation_logprobs(
+        lm, context, sentences, model=model, batch_size=batch_size, max_length=max_length
     )
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return order, scores

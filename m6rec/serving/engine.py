@@ -56,6 +56,20 @@ def env_int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+MAX_DEFAULT_WORKERS = 4  # each worker holds the whole model (~0.6 GB with the explainer)
+
+
+def default_workers() -> int:
+    """One worker process per CPU core, at most :data:`MAX_DEFAULT_WORKERS`: requests are compute-bound,
+    and separate processes scale on a small machine where more torch threads in one process do not."""
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per worker: the cores shared among the workers."""
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
 class Engine:
     """Answers the service's requests over a :class:`~m6rec.serving.recommender.Recommender` (and the bundle's
     optional explainer LM). Thread-safe: the recommender holds no per-request state and language-model

@@ -8,8 +8,8 @@ class JsonBodyGuard:
     """ASGI middleware: a body that is not JSON gets the usual 400 on the batchable endpoints.
 
     BentoML 1.4 parses a batchable endpoint's root-list body with ``json.loads`` outside its
-    validation handler, so malformed JSON there would be a 500; the other endpoints are unaffected.
-    The body is read once here and handed on unchanged."""
+    validation handler, so malformed JSON (or a body of whitespace) there would be a 500; the other
+    endpoints are unaffected. The body is read once here and handed on unchanged."""
 
     def __init__(self, app: Any, paths: frozenset[str]) -> None:
         self.app, self.paths = app, paths
@@ -28,7 +28,7 @@ class JsonBodyGuard:
             if not message.get("more_body", False):
                 break
         try:
-            if body.strip():
+            if body:  # whitespace alone is not JSON either (BentoML would 500 on it)
                 json.loads(body)
         except ValueError as exc:
             from starlette.responses import JSONResponse

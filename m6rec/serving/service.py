@@ -27,7 +27,7 @@ from typing import Any
 import bentoml
 import torch
 
-from m6rec.serving.engine import Engine, env_int
+from m6rec.serving.engine import Engine, default_threads, default_workers, env_int
 from m6rec.serving.middleware import JsonBodyGuard
 from m6rec.serving.packaging import DEFAULT_MODEL_TAG, MODEL_TAG_ENV
 from m6rec.serving.schemas import (
@@ -70,12 +70,16 @@ def _packaged_model() -> Any:
     return None
 
 
+WORKERS = env_int("M6REC_WORKERS", default_workers())
+
+
 @bentoml.service(
     name="m6rec",
     traffic={"timeout": 120, "max_concurrency": 64},
-    # Worker processes, each with the whole model (M6REC_WORKERS; torch threads per worker:
-    # M6REC_TORCH_THREADS). docs/benchmarks.md has latency figures for 1 and 2 on 2 cores.
-    workers=env_int("M6REC_WORKERS", 1),
+    # Worker processes, each with the whole model (M6REC_WORKERS, default: one per CPU core, at most 4;
+    # torch threads per worker: M6REC_TORCH_THREADS, default: the cores shared among the workers).
+    # docs/benchmarks.md has latency figures for 1 and 2 workers on 2 cores.
+    workers=WORKERS,
 )
 class M6Rec:
     """m6rec recommendations over HTTP (see the module docstring for the endpoints)."""
@@ -83,9 +87,7 @@ class M6Rec:
     bundle = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or DEFAULT_MODEL_TAG)
 
     def __init__(self) -> None:
-        threads = os.environ.get("M6REC_TORCH_THREADS", "").strip()
-        if threads:
-            torch.set_num_threads(int(threads))
+        torch.set_num_threads(env_int("M6REC_TORCH_THREADS", default_threads(WORKERS)))
         stored = _packaged_model() or self.bundle  # resolved from the model store once, here
         device = _pick_device()
         self.engine = Engine(

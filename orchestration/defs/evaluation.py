@@ -10,8 +10,8 @@ import numpy as np
 
 from m6rec.data.marts import load_rec_data
 from m6rec.evaluation import offline
-from m6rec.evaluation.zero_shot import zero_shot_report
-from m6rec.models.backbones import pick_device
+from m6rec.evaluation.zero_shot import zero_shot_markdown, zero_shot_report
+from m6rec.models.backbones import load_causal_lm, pick_device
 from m6rec.models.late_interaction import load_token_ranker
 from m6rec.models.lm_layers import LowerLayerCache
 from m6rec.models.segments import SegmentCache
@@ -104,12 +104,29 @@ def offline_evaluation(
             }
         )
     evaluation = report.to_dict()
-    zero_shot = zero_shot_report(retrievers, data)  # {} unless the marts hold cold items (zero_shot on)
+    # {} unless the marts hold cold items (dbt var zero_shot on); the explainer LM ranks a sample of the
+    # cold events by likelihood (M6-Rec's zero-shot form) beside the item towers.
+    explainer = (
+        load_causal_lm(artifacts.path(EXPLAINER), device=pick_device())
+        if artifacts.exists(EXPLAINER) and data.items["is_cold"].any()
+        else None
+    )
+    zero_shot = zero_shot_report(
+        retrievers, data, lm=explainer, lm_events=profile.zero_shot_lm_events, style=TEXT_STYLE
+    )
     if zero_shot:
         evaluation["zero_shot"] = zero_shot
     artifacts.write(EVALUATION, json.dumps(evaluation, indent=2, default=float))
     images = offline.plots(report)
     serving_retriever = report.retrieval[report.serving["retrieval"]]
+    zero_shot_metadata = (
+        {
+            "zero_shot": dg.MetadataValue.md(zero_shot_markdown(zero_shot)),
+            **{f"zero_shot_hr@50 ({row})": float(m["hr@50"]) for row, m in zero_shot["rows"].items()},
+        }
+        if zero_shot
+        else {}
+    )
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.md(report.markdown()),
@@ -125,6 +142,7 @@ def offline_evaluation(
             **{f"test_ndcg@10 ({row})": float(m["ndcg@10"]) for row, m in report.retrieval.items()},
             **{f"test_auc ({row})": float(m["auc"]) for row, m in report.ctr.items()},
             **{k: float(v) for k, v in report.validation.items()},
+            **zero_shot_metadata,
             "seconds": round(time.perf_counter() - start, 1),
         }
     )

@@ -71,8 +71,10 @@ def test_graph_and_checks_load(dagster_dev) -> None:
         "raw/ratings",
         "marts/splits",
         "segment_cache",
-        "retriever",
-        "ranker",
+        "lm_retriever",
+        "lm_ranker",
+        "frozen_retriever",
+        "segment_ranker",
         "offline_evaluation",
         "promoted_model",
     ):

@@ -115,3 +115,38 @@ def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_p
     assert accepted.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
     assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "challenger-2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate", "champion"]  # no temporary left
+
+
+def test_zero_shot_run_ranks_held_out_items_from_text(tmp_path) -> None:
+    """With the dbt var zero_shot on, the cold items never reach training and offline_evaluation ranks
+    them from text: every retriever's item tower, the content baseline, random, and on a sample the
+    explainer LM's likelihood form."""
+    from m6rec.evaluation.zero_shot import CONTENT_ROW, RANDOM_ROW
+    from tests import SHARED_CACHE
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {
+            "M6REC_HOME": tmp_path,
+            "M6REC_DUCKDB_PATH": tmp_path / "warehouse.duckdb",
+            "M6REC_CACHE": SHARED_CACHE,
+            "M6REC_PROFILE": "smoke",
+            "BENTOML_HOME": tmp_path / "bentoml",
+        }.items():
+            mp.setenv(name, str(value))
+        from orchestration.definitions import defs
+
+        job = defs().resolve_job_def("m6rec_pipeline")
+        config = {"ops": {"m6rec_dbt": {"config": {"zero_shot": True, "cold_item_fraction": 0.2}}}}
+        result = job.execute_in_process(
+            run_config=config, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+        )
+    assert result.success
+    meta = asset_metadata(result, "offline_evaluation")
+    table = meta["zero_shot"]
+    for row in (offline.LM_TEXT_ONLY, offline.FROZEN_RETRIEVER_ROW, CONTENT_ROW, RANDOM_ROW):
+        assert f"| {row} |" in table
+    assert "likelihood (zero-shot) |" in table
+    evaluation = json.loads((tmp_path / "artifacts" / "evaluation.json").read_text())
+    zero_shot = evaluation["zero_shot"]
+    assert zero_shot["n_cold_items"] > 0 and zero_shot["sample"]["n_events"] == 3
+    assert 0.0 <= meta[f"zero_shot_hr@50 ({offline.LM_TEXT_ONLY})"] <= 1.0

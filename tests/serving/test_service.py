@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from m6rec.serving.bundle import BUNDLE_FORMAT
 from m6rec.serving.packaging import bento_contents, bento_dir, build_bento, import_bundle
 from m6rec.serving.schemas import MAX_HISTORY
 from tests import REPO_ROOT
@@ -37,7 +38,7 @@ def test_health_and_model_info(client: httpx.Client, store: dict) -> None:
     assert info["model"] == store["tag"] and info["n_items"] == 40 and info["device"] == "cpu"
     assert info["metrics"] == TINY_METRICS
     assert info["labels"]["stage"] == "test" and info["labels"]["explainer"] == "true"
-    assert info["explainer"]["status"] == "loaded" and info["manifest"]["format"] == 1
+    assert info["explainer"]["status"] == "loaded" and info["manifest"]["format"] == BUNDLE_FORMAT
     assert {"bentoml", "torch", "transformers", "python"} <= set(info["versions"])
     assert info["limits"]["max_history"] == MAX_HISTORY and info["limits"]["max_k"] == 40
 

@@ -13,6 +13,7 @@ from m6rec.models.generation import (
     FewShotConfig,
     balanced_sample,
     chat_prompt,
+    continuation_logprobs,
     continue_prompts,
     ctr_behaviour_texts,
     explain,
@@ -227,6 +228,23 @@ def test_sequence_logprobs_match_a_hand_computation(lm):
         manual = sum(logp[len(c) - 1 + j, tok].item() for j, tok in enumerate(x))
         assert total == pytest.approx(manual, abs=1e-3)
         assert mean == pytest.approx(manual / len(x), abs=1e-4)
+
+
+def test_continuations_of_one_context_reuse_its_cache_and_match_full_sequences(lm):
+    context = chat_prompt(
+        lm, user_query_text(USER, HISTORY, NOW, max_events=10), system=DEFAULT_RANK_INSTRUCTION
+    )
+    conts = [f"He will like {item_text(c)}." for c in (HEAT, TOY, FARGO)] + [" Yes"]
+    cached = continuation_logprobs(lm, context, conts, batch_size=3)
+    full = sequence_logprobs(lm, [context] * len(conts), conts, batch_size=2)
+    np.testing.assert_allclose(cached, full, atol=1e-4)
+    totals = continuation_logprobs(lm, context, conts, normalize=False, batch_size=1)
+    np.testing.assert_allclose(
+        totals, sequence_logprobs(lm, [context] * len(conts), conts, normalize=False), atol=1e-3
+    )
+    # a context too long for max_length loses its oldest tokens, as sequence_logprobs does
+    short = continuation_logprobs(lm, context, conts[:1], max_length=40)
+    np.testing.assert_allclose(short, sequence_logprobs(lm, [context], conts[:1], max_length=40), atol=1e-4)
 
 
 def test_ranking_prefers_the_sentence_the_model_was_trained_on(lm):

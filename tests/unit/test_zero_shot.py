@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from m6rec.evaluation.zero_shot import CONTENT_ROW, RANDOM_ROW, content_scores, zero_shot_report
-from m6rec.models.backbones import tiny_encoder
+from m6rec.evaluation.zero_shot import (
+    CONTENT_ROW,
+    RANDOM_ROW,
+    content_scores,
+    zero_shot_markdown,
+    zero_shot_report,
+)
+from m6rec.models.backbones import tiny_causal_lm, tiny_encoder
 from m6rec.models.retrieval import RetrieverConfig, Window, new_retriever
 from m6rec.models.segments import build_segment_cache, rating_ids
 from tests.synthetic import synthetic_rec_data
@@ -32,6 +38,15 @@ def test_report_rows_for_every_model_the_content_baseline_and_random() -> None:
     assert report["rows"][RANDOM_ROW] == {"hr@1": 0.25, "hr@2": 0.5}
     for row in report["rows"].values():
         assert 0.0 <= row["hr@1"] <= row["hr@2"] <= 1.0
+    lm = tiny_causal_lm(seed=0)
+    sampled = zero_shot_report({"tiny": model}, data, ks=(1, 2), lm=lm, lm_events=5)
+    assert sampled["rows"] == report["rows"] and sampled["sample"]["n_events"] == 5
+    likelihood = f"{lm.name} likelihood (zero-shot)"
+    assert set(sampled["sample"]["rows"]) == {"tiny", CONTENT_ROW, RANDOM_ROW, likelihood}
+    assert 0.0 <= sampled["sample"]["rows"][likelihood]["hr@2"] <= 1.0
+    table = zero_shot_markdown(sampled)
+    assert "| seeded sample of 5 cold events | hr@1 | hr@2 |" in table
+    assert f"| {likelihood} | " in table and table.count(f"| {CONTENT_ROW} | ") == 2
     data.events["split"] = data.events["split"].replace("cold", "train")
     assert zero_shot_report({"tiny": model}, data) == {}  # zero_shot off: nothing to rank
 
