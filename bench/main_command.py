@@ -6,7 +6,7 @@ the Bento that was built.
 
 Usage: python bench/main_command.py [--target run]
 Writes bench/results/main_command.json (``wall_seconds``, ``within_20_minutes``, ``evaluation_table``,
-``serving``, ``retrieval``/``ctr`` test metrics, ``bento``).
+``serving``, ``retrieval``/``ctr`` test metrics, ``bento``, ``bentoml_home_mb``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ def seconds(duration: str) -> float:
     """Dagster's step durations ("533ms", "5.6s", "4m52s", "1h4m") in seconds."""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
     return sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder`` (the BentoML store: the Bento and its model)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def main() -> None:
@@ -66,6 +71,8 @@ def main() -> None:
         "evaluation_table": report.markdown(),
         "bento": json.loads(bento.read_text()) if bento.exists() else None,
     }
+    if out["bento"]:
+        out["bentoml_home_mb"] = round(folder_bytes(Path(out["bento"]["bentoml_home"])) / 2**20, 1)
     path = REPO / "bench" / "results" / "main_command.json"
     path.write_text(json.dumps(out, indent=2, default=float) + "\n")
     print(out["evaluation_table"])

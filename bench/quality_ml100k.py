@@ -84,13 +84,12 @@ def main() -> None:
             output_dir=str(REPO / "data" / "bench" / name),
             max_steps=100_000,
             lr=1e-3,
-            eval_every=profile.eval_every,
             metric=metric,
             patience=profile.patience,
             max_seconds=budget,
             resume=False,
             progress=False,
-            **changes,
+            **{"eval_every": profile.eval_every, **changes},
         )
 
     lm_kwargs = {"eval_every": profile.lm_eval_every, "lr_decay": profile.lm_lr_decay}
@@ -170,8 +169,9 @@ def main() -> None:
     yes_no_s = time.perf_counter() - t0
     del lm
 
-    retrievers = {row: m for row, (m, *_) in trained.items() if hasattr(m, "item_vectors")}
-    rankers = {row: m for row, (m, *_) in trained.items() if row not in retrievers}
+    ctr_rows = (offline.LM_SCORER, offline.SEGMENT_RANKER_ROW)
+    retrievers = {row: m for row, (m, *_) in trained.items() if row not in ctr_rows}
+    rankers = {row: trained[row][0] for row in ctr_rows}
     report = offline.evaluate(
         data,
         retrievers,
