@@ -234,14 +234,11 @@ class LMSegmentModel(nn.Module):
         return states + self.type_emb.weight[PROFILE]
 
     def history_segments(
-        self, item_inputs: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor, gaps: torch.Tensor
+        self, item_inputs: torch.Tensor, ratings: torch.Tensor, gaps: torch.Tensor
     ) -> torch.Tensor:
-        return (
-            item_inputs[items.clamp(min=0)]
-            + self.rating_emb(ratings)
-            + self.gap_emb(gaps)
-            + self.type_emb.weight[HISTORY]
-        )
+        """[B, T, H]: each history event's item input (``item_inputs``, already gathered per event)
+        with its rating, time-gap and segment-type embeddings."""
+        return item_inputs + self.rating_emb(ratings) + self.gap_emb(gaps) + self.type_emb.weight[HISTORY]
 
     def encode(self, segments: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """Top layers over ``segments`` [B, T, H] (positions added here); ``allowed`` [B, T, T] bool."""

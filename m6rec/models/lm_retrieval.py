@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from m6rec.data.marts import RecData
 from m6rec.models.lm_layers import LMSegmentModel, LowerLayerCache
-from m6rec.models.retrieval import collate, evaluate_retrieval, training_windows
+from m6rec.models.retrieval import fit_next_item
 from m6rec.models.segments import N_POP_BUCKETS, popularity_buckets
-from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
+from m6rec.training.trainer import TrainConfig, TrainResult
 
 
 @dataclass
@@ -102,10 +101,12 @@ class LMRetriever(LMSegmentModel):
             vec = vec + self.pop_emb(self.pop_buckets)
         return F.normalize(vec, dim=-1) if normalize else vec
 
-    def history_inputs(self, item_vecs_raw: torch.Tensor) -> torch.Tensor:
-        """[n_items, H]: what a history segment starts from — the item's cached text state plus the item
-        tower's (un-normalised) output mapped back to the layers' width."""
-        return self.item_states + self.history_proj(item_vecs_raw)
+    def history_inputs(self, item_vecs_raw: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B, T, H]: what each history segment starts from — the item's cached text state plus the item
+        tower's (un-normalised) output mapped back to the layers' width. Gathered before the projection:
+        a request maps its own few events, not the whole catalogue."""
+        idx = items.clamp(min=0)
+        return self.item_states[idx] + self.history_proj(item_vecs_raw[idx])
 
     def user_states(
         self,
@@ -120,7 +121,7 @@ class LMRetriever(LMSegmentModel):
             [
                 self.profile_segment(batch["users"], profile_states)[:, None],
                 self.history_segments(
-                    self.history_inputs(item_vecs_raw), items, batch["ratings"], batch["gaps"]
+                    self.history_inputs(item_vecs_raw, items), batch["ratings"], batch["gaps"]
                 ),
             ],
             dim=1,
@@ -180,17 +181,5 @@ def train_lm_retriever(
         missing, _ = model.load_state_dict(init.state_dict(), strict=False)
         if any(not k.startswith(("id_emb", "pop_emb")) for k in missing):
             raise ValueError(f"init does not match this retriever's shape (missing {missing[:5]})")
-    loader = DataLoader(
-        training_windows(data, config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
-    )
-    trainer = Trainer(
-        model,
-        lambda m, b: m.loss(b),
-        loader,
-        lambda m: evaluate_retrieval(m, data, "valid"),
-        train_config,
-        log=log,
-        params=model.param_groups(train_config.lr, config.lm_lr),
-    )
-    result = trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), result
+    params = model.param_groups(train_config.lr, config.lm_lr)
+    return fit_next_item(model, data, train_config, batch_size=batch_size, log=log, params=params)

@@ -80,3 +80,17 @@ def build_model(
     if kind.uses_lm_cache and (lm_cache is None or encoder_model is None):
         raise ValueError(f"a {spec['kind']} needs the lower-layer cache and the encoder it was tuned from")
     return kind.build(kind.config_class(**spec["config"]), data, cache, lm_cache, encoder_model)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """The evaluation's parameter columns for any trained model: the tuned-LM kinds count themselves
+    (``lm_trainable_parameters``: pretrained weights, or adapters on them, that receive gradients);
+    the frozen-feature kinds tune no LM weight."""
+    counts = getattr(model, "parameter_counts", None)
+    if counts is not None:
+        return counts()
+    return {
+        "lm_trainable_parameters": 0,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in model.parameters()),
+    }

@@ -275,8 +275,23 @@ def train_retriever(
     """Train on the train split, select on valid NDCG (early stopping); returns the best weights."""
     torch.manual_seed(train_config.seed)
     model = new_retriever(config, data, cache)
+    return fit_next_item(model, data, train_config, batch_size=batch_size, log=log)
+
+
+def fit_next_item(
+    model: nn.Module,
+    data: RecData,
+    train_config: TrainConfig,
+    *,
+    batch_size: int,
+    log: Callable[[str], None] | None = None,
+    params: list[dict] | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """The training loop every retriever shares: next-item loss (``model.loss``) over the train split's
+    windows of ``model.config.max_len``, selected on valid NDCG@10; ``params`` gives optimiser groups
+    (e.g. a lower learning rate for pretrained weights). Returns the best weights."""
     loader = DataLoader(
-        training_windows(data, config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
+        training_windows(data, model.config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
     )
     trainer = Trainer(
         model,
@@ -285,6 +300,7 @@ def train_retriever(
         lambda m: evaluate_retrieval(m, data, "valid"),
         train_config,
         log=log,
+        params=params,
     )
     result = trainer.fit()
     return trainer.accelerator.unwrap_model(trainer.model), result

@@ -14,6 +14,7 @@ from m6rec.evaluation.zero_shot import zero_shot_markdown, zero_shot_report
 from m6rec.models.backbones import load_causal_lm, pick_device
 from m6rec.models.late_interaction import load_token_ranker
 from m6rec.models.lm_layers import LowerLayerCache
+from m6rec.models.registry import parameter_counts
 from m6rec.models.segments import SegmentCache
 from m6rec.serving.bundle import save_bundle
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
@@ -93,16 +94,7 @@ def offline_evaluation(
         log=context.log.info,
     )
     for row, (_, model, _) in models.items():
-        counts = getattr(model, "parameter_counts", None)
-        report.parameters[row] = (
-            counts()
-            if counts
-            else {
-                "lm_trainable_parameters": 0,
-                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                "total_parameters": sum(p.numel() for p in model.parameters()),
-            }
-        )
+        report.parameters[row] = parameter_counts(model)
     evaluation = report.to_dict()
     # {} unless the marts hold cold items (dbt var zero_shot on); the explainer LM ranks a sample of the
     # cold events by likelihood (M6-Rec's zero-shot form) beside the item towers.

@@ -105,6 +105,18 @@ def _train_config(
     )
 
 
+def _lm_train_config(
+    name: str, artifacts: ArtifactStore, model_settings: ModelSettings, steps: int, metric: str
+) -> TrainConfig:
+    """:func:`_train_config` with the tuned-LM models' evaluation interval and learning-rate schedule."""
+    profile = model_settings.resolved()
+    return replace(
+        _train_config(name, artifacts, model_settings, steps, metric),
+        eval_every=profile.lm_eval_every,
+        lr_decay=profile.lm_lr_decay,
+    )
+
+
 def _metadata(result: TrainResult, cfg: TrainConfig, batch_size: int, model, profile) -> dict:
     history = pd.DataFrame(result.history)
     curve = [c for c in ("step", "train_loss", cfg.metric, "hit@10") if c in history]
@@ -141,11 +153,7 @@ def lm_retriever(
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
-    cfg = replace(
-        _train_config(LM_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10"),
-        eval_every=profile.lm_eval_every,
-        lr_decay=profile.lm_lr_decay,
-    )
+    cfg = _lm_train_config(LM_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
     model, result = train_lm_retriever(
         data,
         cache,
@@ -180,11 +188,7 @@ def lm_retriever_ids(
         artifacts, LM_RETRIEVER, data, SegmentCache.load(artifacts.path(SEGMENT_CACHE)), cache, encoder_model
     )
     config = replace(profile.lm_retriever, use_ids=True)
-    cfg = replace(
-        _train_config(LM_RETRIEVER_IDS, artifacts, model_settings, profile.retriever_steps, "ndcg@10"),
-        eval_every=profile.lm_eval_every,
-        lr_decay=profile.lm_lr_decay,
-    )
+    cfg = _lm_train_config(LM_RETRIEVER_IDS, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
     model, result = train_lm_retriever(
         data,
         cache,
@@ -217,11 +221,7 @@ def lm_ranker(
     profile = model_settings.resolved()
     data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
-    cfg = replace(
-        _train_config(LM_RANKER, artifacts, model_settings, profile.ranker_steps, "auc"),
-        eval_every=profile.lm_eval_every,
-        lr_decay=profile.lm_lr_decay,
-    )
+    cfg = _lm_train_config(LM_RANKER, artifacts, model_settings, profile.ranker_steps, "auc")
     model, result = train_lm_ranker(
         data,
         cache,
