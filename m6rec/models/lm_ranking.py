@@ -140,9 +140,11 @@ class LMRanker(LMSegmentModel):
         ctx = context + positions[:width]
         cand = (candidate + positions[width])[:, None]  # [N, 1, H]
         ctx_mask = additive_mask(real[:, None, :].expand(1, width, width))
-        for layer in self.top.layers:
+        last = len(self.top.layers) - 1
+        for i, layer in enumerate(self.top.layers):
             cand = attend_to_context(layer, cand, ctx, real)
-            ctx = self.top.run_layer(layer, ctx, ctx_mask)
+            if i < last:  # the context's own output of the last layer is never read
+                ctx = self.top.run_layer(layer, ctx, ctx_mask)
         return self.head(cand[:, 0]).squeeze(-1)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
