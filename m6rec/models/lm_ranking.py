@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from m6rec.data.marts import RecData
 from m6rec.models.lm_layers import LMSegmentModel, LowerLayerCache, additive_mask, attend_to_context
 from m6rec.models.ranking import TensorBatches, ctr_tensors, evaluate_ctr
-from m6rec.models.segments import CANDIDATE, HISTORY, N_POP_BUCKETS, popularity_buckets
+from m6rec.models.segments import CANDIDATE, N_POP_BUCKETS, popularity_buckets
 from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 
 
@@ -103,11 +103,8 @@ class LMRanker(LMSegmentModel):
         """Context segments [B, 1 + T, H] (profile, history), which of them are real, and the candidate
         segment [B, H]."""
         hist = batch["hist_items"]
-        history = (
-            self.item_inputs(hist.clamp(min=0))
-            + self.rating_emb(batch["hist_ratings"])
-            + self.gap_emb(batch["hist_gaps"])
-            + self.type_emb.weight[HISTORY]
+        history = self.history_segments(
+            self.item_inputs(hist.clamp(min=0)), batch["hist_ratings"], batch["hist_gaps"]
         )
         profile = self.profile_segment(batch["users"], batch.get("profile_states"))
         context = torch.cat([profile[:, None], history], dim=1)
