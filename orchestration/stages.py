@@ -18,15 +18,18 @@ from m6rec.evaluation.offline import (
 from m6rec.text.textify import TextStyle
 from orchestration.defs.resources import ArtifactStore
 
+# Write-audit-publish: a load and a dbt build land in this run's audit schemas first (``*_AUDIT_KEYS``,
+# checked there by the blocking suites); the publish steps copy a passing set over ``raw.*``/``marts.*``.
 RAW_KEYS = {name: dg.AssetKey(["raw", name]) for name in ("ratings", "items", "users")}
-MARTS = {
-    name: dg.AssetKey(["marts", name])
-    for name in ("item_catalogue", "user_profiles", "splits", "ctr_examples")
-}
-# The marts with blocking GX suites (orchestration/defs/quality.py): every training asset depends on all
-# of them, so a failed suite on any one stops all training in that run (not only the branch below it).
-GATED_MARTS = [MARTS["splits"], MARTS["ctr_examples"], MARTS["item_catalogue"]]
-GATED_MART_CHECKS = [dg.AssetCheckKey(key, f"{key.path[-1]}_suite") for key in GATED_MARTS]
+RAW_AUDIT_KEYS = {name: dg.AssetKey(["raw_audit", name]) for name in RAW_KEYS}
+MART_NAMES = ("item_catalogue", "user_profiles", "user_events", "splits", "ctr_examples", "cold_items")
+MARTS = {name: dg.AssetKey(["marts", name]) for name in MART_NAMES}
+MARTS_AUDIT_KEYS = {name: dg.AssetKey(["marts_audit", name]) for name in MART_NAMES}
+# dbt writes the marts of one run into this schema (the var read by transforms/macros/generate_schema_name).
+MARTS_AUDIT_VAR = "marts_audit_schema"
+# Training reads the published marts; every training asset depends on all of them, so nothing trains on
+# a set whose suites failed (it is never published) or on a half-published one (one transaction).
+GATED_MARTS = [MARTS[name] for name in ("splits", "ctr_examples", "item_catalogue")]
 # The assets after the marts, from the segment cache to the promotion gate.
 MODEL_ASSETS = {
     name: dg.AssetKey(name)

@@ -1,4 +1,6 @@
-"""dbt transforms as Dagster assets; dbt tests show up as asset checks."""
+"""dbt transforms as Dagster assets; dbt tests show up as asset checks. Write-audit-publish: ``dbt build``
+writes the marts into this run's audit schema (``marts_audit/*``), dbt's tests and the blocking GX suites
+check them there, and ``published_marts`` copies a passing set over ``marts.*`` in one transaction."""
 
 import json
 import os
@@ -16,9 +18,12 @@ from dagster_dbt import (
     dbt_assets,
 )
 
-from m6rec.data.warehouse import WarehouseLockedError, connect
+from m6rec.data.warehouse import MARTS_SCHEMA, WarehouseLockedError, audit_schema, connect, publish_tables
 from orchestration import settings
 from orchestration.defs.resources import WarehouseResource
+from orchestration.stages import MART_NAMES, MARTS, MARTS_AUDIT_KEYS, MARTS_AUDIT_VAR
+
+DBT_VARS_TABLE = "dbt_vars"  # one row in the audit schema: the vars this build used (for build_info)
 
 dbt_project = DbtProject(project_dir=settings.DBT_PROJECT_DIR)
 
@@ -83,13 +88,15 @@ def m6rec_dbt(
     warehouse: WarehouseResource,
     config: DbtBuildConfig,
 ):
-    """``dbt build``: models and their tests, against the warehouse file the resource names.
+    """``dbt build``: models and their tests, against the warehouse file the resource names; the marts
+    go to this run's audit schema (a failed dbt test leaves them there and ``marts.*`` untouched).
 
     dbt-duckdb opens the file itself and fails at once when another process holds its lock, so the build
     first waits for the lock like every other step (up to ``warehouse.lock_wait_s``), and starts again
     when it lost the race for the lock before building anything."""
     os.environ["M6REC_DUCKDB_PATH"] = str(Path(warehouse.database).resolve())  # read by profiles.yml
-    dbt_vars = json.dumps(config.model_dump())
+    schema = audit_schema(MARTS_SCHEMA, context.run_id)
+    dbt_vars = json.dumps({**config.model_dump(), MARTS_AUDIT_VAR: schema})
     deadline = time.monotonic() + warehouse.lock_wait_s
     while True:
         with connect(warehouse.database, wait_s=max(deadline - time.monotonic(), 0.0)):
@@ -101,6 +108,11 @@ def m6rec_dbt(
             yield event
         error = invocation.get_error()
         if error is None:
+            with warehouse.connect() as conn:  # what publish records as the marts' build info
+                conn.execute(
+                    f"create or replace table {schema}.{DBT_VARS_TABLE} as select ?::json as vars",
+                    [json.dumps(config.model_dump())],
+                )
             return
         if events or "Could not set lock" not in str(error):
             raise error
@@ -111,3 +123,57 @@ def m6rec_dbt(
             ) from error
         context.log.info("dbt lost the race for the DuckDB lock to another process; trying again")
         time.sleep(1.0)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            key,
+            group_name="marts",
+            kinds={"duckdb"},
+            deps=[MARTS_AUDIT_KEYS[name]],
+            description=f"Published {name}: the last dbt build whose tests and suites all passed.",
+        )
+        for name, key in MARTS.items()
+    ],
+    pool="duckdb",
+)
+def published_marts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    """Copy this run's audited marts over ``marts.*`` in one transaction, with ``marts.build_info`` (the
+    dbt vars, run id, published time and a content fingerprint: what a bundle records as its data), then
+    drop the audit schema. Runs only after every blocking suite of this run passed."""
+    schema = audit_schema(MARTS_SCHEMA, context.run_id)
+    with warehouse.connect() as conn:
+        found = conn.execute(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            [schema, DBT_VARS_TABLE],
+        ).fetchone()[0]
+        if not found:
+            raise dg.Failure(
+                description=f"{schema} holds no finished dbt build of this run: publish runs in the same run "
+                "as m6rec_dbt (e.g. the data_pipeline job), after its suites pass."
+            )
+        dbt_vars = json.loads(conn.execute(f"select vars from {schema}.{DBT_VARS_TABLE}").fetchone()[0])
+        digest = publish_tables(
+            conn,
+            schema,
+            MARTS_SCHEMA,
+            list(MART_NAMES),
+            build_info={"dbt_vars": dbt_vars, "run_id": context.run_id},
+        )
+        counts = {
+            name: conn.execute(f"select count(*) from {MARTS_SCHEMA}.{name}").fetchone()[0]
+            for name in MART_NAMES
+        }
+    context.log.info(f"Published {counts} from {schema} to {MARTS_SCHEMA}.* (fingerprint {digest})")
+    for name, key in MARTS.items():
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                "dagster/row_count": counts[name],
+                "table": f"{MARTS_SCHEMA}.{name}",
+                "published_from": schema,
+                "fingerprint": digest,
+                "dbt_vars": dg.MetadataValue.json(dbt_vars),
+            },
+        )

@@ -7,3 +7,37 @@ def asset_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
     """The metadata values of the one materialization of ``key`` (e.g. ``"promoted_model"``) in a run."""
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
     return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def copy_published_for_audit(database, layer: str, run_id: str) -> str:
+    """Copy the published ``raw`` or ``marts`` tables into the audit schema of run ``run_id`` — what that
+    run's write step would have left — so its suites (and publish step) can be run on them. Returns the
+    schema."""
+    import duckdb
+
+    from m6rec.data.warehouse import RAW_SCHEMA, audit_schema
+    from orchestration.stages import MART_NAMES
+
+    schema = audit_schema(layer, run_id)
+    names = ("ratings", "items", "users") if layer == RAW_SCHEMA else MART_NAMES
+    with duckdb.connect(str(database)) as conn:
+        conn.execute(f"create schema {schema}")
+        for name in names:
+            conn.execute(f"create table {schema}.{name} as from {layer}.{name}")
+        if layer == RAW_SCHEMA:
+            conn.execute(f"create table {schema}.load_info as from {layer}.load_log limit 1")
+        else:
+            conn.execute(f"create table {schema}.dbt_vars as select '{{}}'::json as vars")
+    return schema
+
+
+def run_selection(selection, run_id: str, name: str = "selected") -> dg.ExecuteInProcessResult:
+    """Run an asset/check selection of the code location in-process under a chosen run id."""
+    from orchestration.definitions import defs
+
+    job = dg.define_asset_job(name, selection=selection)
+    return (
+        dg.Definitions.merge(defs(), dg.Definitions(jobs=[job]))
+        .resolve_job_def(name)
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, run_id=run_id)
+    )

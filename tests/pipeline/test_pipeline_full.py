@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from m6rec.evaluation import offline
-from orchestration.defs.evaluation import promotion_decision
+from orchestration.defs.promotion import promotion_decision
 from tests.pipeline import asset_metadata
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def _bundle(path: Path, ndcg: float, stamp: str) -> None:
 
 
 def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_path) -> None:
-    from orchestration.defs.evaluation import promoted_model
+    from orchestration.defs.promotion import promoted_model
     from orchestration.defs.resources import ArtifactStore
 
     resources = {"artifacts": ArtifactStore(root=str(tmp_path))}

@@ -1,4 +1,12 @@
-{#- Use the folder's schema as is (staging, intermediate, marts) rather than <target>_<schema>. -#}
+{#- Use the folder's schema as is (staging, intermediate) rather than <target>_<schema>. The marts are
+    written first into an audit schema (var marts_audit_schema: the Dagster dbt step passes one per run)
+    and published to `marts` only after their suites pass (write-audit-publish, orchestration/defs). -#}
 {% macro generate_schema_name(custom_schema_name, node) -%}
-    {{ custom_schema_name | trim if custom_schema_name is not none else target.schema }}
+    {%- if custom_schema_name is none -%}
+        {{ target.schema }}
+    {%- elif custom_schema_name | trim == 'marts_audit' -%}
+        {{ var('marts_audit_schema', 'marts_audit') }}
+    {%- else -%}
+        {{ custom_schema_name | trim }}
+    {%- endif -%}
 {%- endmacro %}
