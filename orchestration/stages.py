@@ -70,6 +70,7 @@ EXPLAINER_YES_NO = "explainer_yes_no.json"  # its Yes/No like-probabilities on a
 EVALUATION, MODEL_CARD = "evaluation.json", "model_card.md"  # the run's report, before any bundle
 CANDIDATE, CHAMPION = "candidate", "champion"  # bundles: the one just trained, the one promoted
 BENTO_RECORD = "bento.json"  # which Bento was built from which champion
+PROMOTION_RECORD = "promotion.json"  # the last gate decision and every input it was made from
 
 TEXT_STYLE = TextStyle(with_popularity=True)  # behaviour sentences (explainer, token ranker)
 # Item segments the retrieval and CTR models cache also say what is "often watched next".
@@ -77,7 +78,8 @@ SEGMENT_STYLE = replace(TEXT_STYLE, with_watched_next=True)
 
 
 def save_trained(store: ArtifactStore, key: str, model, config) -> None:
-    """A trained model: its weights and ``{"kind", "config"}``, each written atomically."""
+    """A trained model: its weights and ``{"kind", "config"}``, each written atomically. Its run's
+    checkpoints go: a checkpoint exists only for a run that was interrupted (and resumes from it)."""
     import torch
 
     from m6rec.models.registry import describe, kind_of
@@ -85,6 +87,7 @@ def save_trained(store: ArtifactStore, key: str, model, config) -> None:
     with store.replace(f"{key}/model.pt") as tmp:
         torch.save(model.state_dict(), tmp)
     store.write(f"{key}/model.json", json.dumps(describe(kind_of(config), config)))
+    store.remove(f"{key}/run")
 
 
 def trained_keys(store: ArtifactStore, keys) -> list[str]:

@@ -7,11 +7,13 @@ needed) as ``explainer/``. The ``tiny_bundle`` fixture is module-scoped so a tes
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from m6rec.data.marts import DataContract
 from m6rec.models.backbones import builtin_causal_tokenizer, tiny_causal_lm, tiny_encoder
 from m6rec.models.lm_layers import build_lower_cache
 from m6rec.models.lm_ranking import LMRankerConfig
@@ -49,12 +51,21 @@ def tiny_models(kind: str = "lm", seed: int = 0):
     return data, encoder, cache, lm_cache, specs, retriever, ranker
 
 
-def build_tiny_bundle(path: str | Path, *, explainer: bool = False, seed: int = 0, kind: str = "lm") -> Path:
+def build_tiny_bundle(
+    path: str | Path,
+    *,
+    explainer: bool = False,
+    seed: int = 0,
+    kind: str = "lm",
+    contract: DataContract | None = None,
+) -> Path:
     """Write a tiny bundle (40 items ``i0``..``i39`` titled "Movie number N", genres cycling through
     Action/Comedy/Drama/Horror) of :func:`tiny_models` to ``path``, with a model card and an evaluation
-    summary beside it."""
+    summary beside it. ``contract``: the marts' build values to record instead of the defaults."""
     path = Path(path)
     data, encoder, cache, lm_cache, specs, retriever, ranker = tiny_models(kind, seed)
+    if contract is not None:
+        data = dataclasses.replace(data, contract=contract)
     explainer_dir = None
     if explainer:
         lm = tiny_causal_lm(seed=seed, tokenizer=builtin_causal_tokenizer())

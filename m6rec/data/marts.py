@@ -4,8 +4,9 @@ textify inputs (items, profiles, events) built from the same rows for training a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,57 @@ import pandas as pd
 from m6rec.text.textify import Event, ItemText, Profile
 
 SPLIT_ORDER = ("train", "valid", "test")
+CONTRACT_FILE = "contract.json"
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """The values the marts were built with that a trained model depends on, so serving must use the same
+    ones: the bundle's manifest records this (``contract``) and the service reads it from there only.
+
+    ``like_threshold``: an event is a like when ``rating > like_threshold`` (or it has no rating), the
+    marts' ``is_like``; ``ctr_history_length``: the events a CTR example's history holds (the ranker reads
+    that many at most). Both are dbt vars; ``dbt_vars`` holds every var the build used, and
+    ``marts_fingerprint`` / ``marts_run_id`` say which published marts (``marts.build_info``) these are.
+    Marts without a build record (synthetic test data, hand-made warehouses) get the dbt project's
+    defaults and ``source="defaults"``, which the manifest then shows."""
+
+    like_threshold: float = 3.0
+    ctr_history_length: int = 10
+    dbt_vars: dict[str, Any] = field(default_factory=dict)
+    marts_fingerprint: str | None = None
+    marts_run_id: str | None = None
+    source: str = "defaults"
+
+    @classmethod
+    def from_build_info(cls, info: dict[str, Any] | None) -> DataContract:
+        """From ``marts.build_info`` (:func:`m6rec.data.warehouse.read_build_info`); defaults when None."""
+        if not info:
+            return cls()
+        dbt_vars = dict(info.get("dbt_vars") or {})
+        defaults = cls()
+        return cls(
+            like_threshold=float(dbt_vars.get("like_threshold", defaults.like_threshold)),
+            ctr_history_length=int(dbt_vars.get("ctr_history_length", defaults.ctr_history_length)),
+            dbt_vars=dbt_vars,
+            marts_fingerprint=info.get("fingerprint"),
+            marts_run_id=info.get("run_id"),
+            source="marts.build_info",
+        )
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], where: str) -> DataContract:
+        """The manifest's ``contract``; a bundle without one cannot be served (``where`` names it)."""
+        if not isinstance(manifest.get("contract"), dict):
+            raise ValueError(f"{where}: the manifest has no 'contract'; rebuild the bundle with this m6rec")
+        return cls(**manifest["contract"])
+
+    def is_like(self, rating: float | None) -> bool:
+        """The marts' ``is_like`` rule: unrated events count as likes."""
+        return rating is None or rating > self.like_threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -22,6 +74,7 @@ class RecData:
     items: pd.DataFrame  # marts.item_catalogue, row i has item_idx i
     users: pd.DataFrame  # marts.user_profiles, row u has user_idx u
     events: pd.DataFrame  # marts.splits + item_idx/user_idx, sorted by user_idx, position
+    contract: DataContract = field(default_factory=DataContract)  # what the marts were built with
 
     @property
     def n_items(self) -> int:
@@ -100,20 +153,23 @@ def save_rec_data(data: RecData, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in PARQUET_FILES:
         getattr(data, name).to_parquet(folder / f"{name}.parquet", index=False)
+    (folder / CONTRACT_FILE).write_text(json.dumps(data.contract.to_dict(), indent=2))
     return folder
 
 
 def read_rec_data(folder: str | Path) -> RecData:
     """What :func:`save_rec_data` wrote."""
     frames = {name: pd.read_parquet(Path(folder) / f"{name}.parquet") for name in PARQUET_FILES}
-    return RecData(**frames)
+    contract = json.loads((Path(folder) / CONTRACT_FILE).read_text())
+    return RecData(**frames, contract=DataContract(**contract))
 
 
 def load_rec_data(database: str | Path) -> RecData:
     """Read the marts (read-only; waits for a writer to finish)."""
-    from m6rec.data.warehouse import connect  # duckdb: only where there is a warehouse
+    from m6rec.data.warehouse import connect, read_build_info  # duckdb: only where there is a warehouse
 
     with connect(database, read_only=True) as conn:
+        contract = DataContract.from_build_info(read_build_info(conn))
         items = conn.execute("select * from marts.item_catalogue order by item_idx").df()
         users = conn.execute("select * from marts.user_profiles order by user_idx").df()
         events = conn.execute("""
@@ -126,4 +182,4 @@ def load_rec_data(database: str | Path) -> RecData:
     for frame, col in ((items, "item_idx"), (users, "user_idx")):
         if not np.array_equal(frame[col].to_numpy(), np.arange(len(frame))):
             raise ValueError(f"{col} is not dense 0..n-1; rebuild the marts")
-    return RecData(items=items, users=users, events=events.reset_index(drop=True))
+    return RecData(items=items, users=users, events=events.reset_index(drop=True), contract=contract)

@@ -77,6 +77,8 @@ class EvaluationReport:
     validation: dict[str, float] = field(default_factory=dict)  # what the promotion gate compares
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> parameter counts
     baseline_params: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. tuned ItemKNN's
+    # task -> baseline -> its metric on the valid split: the absolute floor of the promotion gate
+    valid_baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     ndcg_curves: dict[str, list[float]] = field(default_factory=dict)  # NDCG@K for K = 1..50
     top10_popularity: dict[str, list[int]] = field(default_factory=dict)  # popularity ranks recommended
     seconds: dict[str, float] = field(default_factory=dict)
@@ -139,6 +141,7 @@ class EvaluationReport:
             "validation": self.validation,
             "parameters": self.parameters,
             "baseline_params": self.baseline_params,
+            "valid_baselines": self.valid_baselines,
             "seconds": self.seconds,
         }
 
@@ -208,6 +211,7 @@ def evaluate(
     report = EvaluationReport()
     features = genre_features(data)
     report.valid = {"retrieval": {}, "ctr": {}}
+    report.valid_baselines = {"retrieval": {}, "ctr": {}}
     for name, model in retrievers.items():
         start = time.perf_counter()
         windows, targets, exclude = query_windows(data, "test", model.config.max_len)
@@ -222,10 +226,14 @@ def evaluate(
         t0 = time.perf_counter()
         if key == "pop":
             label, model = "Pop", Popularity().fit(test.train_sequences, data.n_items)
+            on_valid = Popularity().fit(valid.train_sequences, data.n_items)
+            ranks = rank_of_targets(on_valid.score(valid.histories), valid.targets, valid.histories)
+            report.valid_baselines["retrieval"][label] = ranking_metrics(ranks)["ndcg@10"]
         elif key == "itemknn":
             params = tune_itemknn(valid)
             report.baseline_params[ITEMKNN_ROW] = params
             label = ITEMKNN_ROW
+            report.valid_baselines["retrieval"][label] = params["valid_ndcg@10"]
             model = ItemKNN(k=int(params["k"]), shrink=float(params["shrink"])).fit(
                 test.train_sequences, data.n_items
             )
@@ -254,13 +262,14 @@ def evaluate(
         probs = predict_ctr(model, tensors["test"])
         report.ctr[name] = {**ctr_metrics(labels["test"], probs), "n": len(probs)}
         log(f"{name}: test auc={report.ctr[name]['auc']:.4f} (valid {report.valid['ctr'][name]:.4f})")
-    item_mean = tensors["test"]["cand_mean"].numpy()
     prior = float(np.nanmean(data.items["mean_train_rating"].to_numpy(dtype=float, na_value=np.nan)))
-    baseline = (np.where(np.isnan(item_mean), prior, item_mean) - 1.0) / 4.0
-    report.ctr[ITEM_MEAN_ROW] = {
-        **ctr_metrics(labels["test"], np.clip(baseline, 1e-3, 1 - 1e-3)),
-        "n": len(labels["test"]),
-    }
+    item_mean = {}
+    for split, split_tensors in tensors.items():
+        means = split_tensors["cand_mean"].numpy()
+        item_mean[split] = np.clip((np.where(np.isnan(means), prior, means) - 1.0) / 4.0, 1e-3, 1 - 1e-3)
+    report.ctr[ITEM_MEAN_ROW] = {**ctr_metrics(labels["test"], item_mean["test"]), "n": len(labels["test"])}
+    if len(np.unique(labels["valid"])) == 2:
+        report.valid_baselines["ctr"][ITEM_MEAN_ROW] = ctr_metrics(labels["valid"], item_mean["valid"])["auc"]
     if token_ranker is not None:
         scorer, config = token_ranker
         name = f"m6rec token ranker (late interaction, k={config.top_k})"

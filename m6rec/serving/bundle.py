@@ -3,7 +3,8 @@ train/serve contract (every value training depended on is read by serving from i
 
 Layout (one folder, written atomically by :func:`save_bundle`):
   manifest.json     which model serves each task (kind, config, evaluation row), encoder, text styles,
-                    versions, metrics
+                    the data contract (``contract``: dbt vars, like threshold, CTR history length, the
+                    fingerprint of the marts trained on; m6rec.data.marts.DataContract), versions, metrics
   items.parquet     the catalogue the models score (item_idx order)
   segments.pt       the items' and profiles' sentence embeddings (SegmentCache): free-text queries and
                     the frozen-feature models
@@ -39,7 +40,7 @@ from m6rec.models.lm_layers import LowerLayerCache
 from m6rec.models.segments import SegmentCache
 from m6rec.text.textify import TextStyle
 
-BUNDLE_FORMAT = 2
+BUNDLE_FORMAT = 3  # 3: the manifest's ``contract``
 ITEM_COLUMNS = [
     "item_id",
     "item_idx",
@@ -100,6 +101,7 @@ def save_bundle(
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "encoder": encoder.name,
             "style": asdict(style),
+            "contract": data.contract.to_dict(),
             "segment_style": asdict(segment_style or style),
             "retriever": retriever_spec,
             "ranker": ranker_spec,

@@ -41,7 +41,6 @@ from m6rec.text.textify import Event, Profile, clean_title, pronoun
 
 logger = logging.getLogger(__name__)
 
-LIKE_THRESHOLD = 4.0  # rating >= 4 is a like (the marts' ``is_like``)
 MAX_REPORTED_ERRORS = 20
 AUTOCAST_MODES = ("off", "bf16")
 DEFAULT_LM_EXPLAIN_TOP = 5  # /recommend: the language model explains this many top items at most
@@ -172,9 +171,10 @@ class Engine:
         profile: Profile | None,
         query: str | None = None,
     ) -> str:
-        """A template explanation grounded in the request: the most recent liked (rating >= 4, or
-        unrated) history items that share the candidate's genres; else the query; else the history's
-        most recent likes and the candidate's popularity."""
+        """A template explanation grounded in the request: the most recent liked history items (rated, and
+        liked by the marts' rule ``rating > like_threshold`` from the bundle's contract) that share the
+        candidate's genres; else the query; else the history's most recent likes and the candidate's
+        popularity."""
         he = pronoun(profile)
         cand = self.rec.index[item_id]
         cand_genres = self._genres[cand]
@@ -188,8 +188,8 @@ class Engine:
             if idx in seen or idx == cand:
                 continue
             seen.add(idx)
-            liked = e.rating is not None and e.rating >= LIKE_THRESHOLD
-            disliked = e.rating is not None and e.rating < LIKE_THRESHOLD
+            liked = e.rating is not None and self.rec.contract.is_like(e.rating)
+            disliked = e.rating is not None and not liked
             shares = bool(set(self._genres[idx]) & set(cand_genres))
             if liked:
                 recent_liked.append(idx)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from m6rec.data.marts import RecData
+from m6rec.data.marts import DataContract, RecData
 from m6rec.models.backbones import load_encoder, pick_device
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker, segment_types
 from m6rec.models.lm_layers import LowerLayerCache
@@ -24,7 +24,6 @@ from m6rec.serving.bundle import BUNDLE_FORMAT
 from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments, profile_text, pronoun
 
 PROFILE_CACHE_SIZE = 4096
-RANK_HISTORY = 10  # events the CTR ranker reads: marts.ctr_examples keeps the last 10, padded to 10
 
 
 @dataclass
@@ -87,6 +86,8 @@ class Recommender:
                 f"{BUNDLE_FORMAT}: re-run the pipeline (or the retrain job) to rebuild it"
             )
         self.style = TextStyle(**self.manifest["style"])
+        # every value training took from the marts (like rule, CTR history length): from here only
+        self.contract = DataContract.from_manifest(self.manifest, str(self.path / "manifest.json"))
         self.segment_cache = SegmentCache.load(self.path / "segments.pt")
         lm_file = self.path / "lm_segments.pt"
         lm_cache = LowerLayerCache.load(lm_file) if lm_file.exists() else None
@@ -209,13 +210,13 @@ class Recommender:
             return [
                 self._rank_tokens(j.history, c, j.profile, j.now_ts) for j, c in zip(jobs, cands, strict=True)
             ]
-        n = sum(len(c) for c in cands)
-        hist_items = torch.full((n, RANK_HISTORY), -1, dtype=torch.long)
-        ratings = torch.zeros((n, RANK_HISTORY), dtype=torch.long)
-        gaps = torch.zeros((n, RANK_HISTORY), dtype=torch.long)
+        n, width_max = sum(len(c) for c in cands), self.contract.ctr_history_length  # as marts.ctr_examples
+        hist_items = torch.full((n, width_max), -1, dtype=torch.long)
+        ratings = torch.zeros((n, width_max), dtype=torch.long)
+        gaps = torch.zeros((n, width_max), dtype=torch.long)
         profiles, row = [], 0
         for job, cand in zip(jobs, cands, strict=True):
-            recent = job.history[-RANK_HISTORY:]
+            recent = job.history[-width_max:]
             rows, width = slice(row, row + len(cand)), len(recent)
             hist_items[rows, :width] = torch.as_tensor(self._indices([e.item_id for e in recent]))
             ratings[rows, :width] = torch.as_tensor(_rating_ids(recent))

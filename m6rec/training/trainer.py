@@ -118,6 +118,11 @@ class Trainer:
         if config.lr_decay not in ("none", "linear"):
             raise ValueError(f"lr_decay must be 'none' or 'linear', got {config.lr_decay!r}")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        if getattr(train_loader, "generator", None) is None:
+            # Starting a DataLoader iterator draws a seed from its generator, or from the global RNG when it
+            # has none; a resumed run starts one mid-epoch where the uninterrupted run did not, so with the
+            # global RNG its dropout masks (and every other random draw) would shift from there on.
+            train_loader.generator = torch.Generator().manual_seed(config.seed)
         self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, train_loader, scheduler
         )

@@ -11,7 +11,10 @@ from orchestration.defs.resources import ArtifactStore
 from orchestration.stages import BENTO_RECORD, CHAMPION, MODEL_ASSETS
 
 
-@dg.asset(group_name="packaging", deps=[MODEL_ASSETS["promoted_model"]], kinds={"bentoml"})
+# In the `duckdb` pool although it never opens the warehouse: it reads the champion that another run's
+# promoted_model (also in the pool) may be replacing, and two runs at once must not build a Bento from
+# one champion while recording another.
+@dg.asset(group_name="packaging", deps=[MODEL_ASSETS["promoted_model"]], pool="duckdb", kinds={"bentoml"})
 def bento(context: dg.AssetExecutionContext, artifacts: ArtifactStore) -> dg.MaterializeResult:
     """`bentoml build` of the champion (service code, model bundle, model card, evaluation summary, a
     generated Dockerfile). When the champion did not change, the Bento already built for it stays."""

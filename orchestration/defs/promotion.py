@@ -1,64 +1,96 @@
-"""The promotion gate: the candidate bundle replaces the champion only when it is not worse."""
+"""The promotion gate: the candidate bundle replaces the champion only when, scored on the same current
+valid split, it is not worse — or when the champion cannot serve the current data and the candidate
+beats this run's baselines (:mod:`m6rec.evaluation.gate`)."""
 
+import json
 import shutil
 
 import dagster as dg
 
-from orchestration.defs.resources import ArtifactStore
-from orchestration.stages import CANDIDATE, CHAMPION, MODEL_ASSETS
+from m6rec.data.marts import load_rec_data
+from m6rec.evaluation.gate import MIN_COVERAGE, decide, evaluate_same_data, metrics_table
+from m6rec.models.backbones import pick_device
+from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
+from orchestration.stages import CANDIDATE, CHAMPION, MODEL_ASSETS, PROMOTION_RECORD
 
 
 class PromotionConfig(dg.Config):
-    """The challenger replaces the champion only if no validation metric drops by more than this."""
+    """``tolerance``: how much a gated metric may drop on the same data; ``min_coverage``: the share of
+    the current valid events a champion must be able to score to count as serving the current data."""
 
     tolerance: float = 0.0
+    min_coverage: float = MIN_COVERAGE
 
 
-def promotion_decision(
-    challenger: dict[str, float], champion: dict[str, float] | None, tolerance: float
-) -> tuple[bool, str]:
-    """Higher is better for every gated metric; a first model is always promoted, and so is one whose
-    champion gated other metrics (an older bundle format: nothing to compare)."""
-    if not champion:
-        return True, "no champion yet"
-    shared = [k for k in champion if k in challenger]
-    if not shared:
-        return True, f"the champion's metrics ({', '.join(sorted(champion))}) are not comparable"
-    worse = [
-        f"{k}: {challenger[k]:.4f} < {champion[k]:.4f} - {tolerance}"
-        for k in shared
-        if challenger[k] < champion[k] - tolerance
-    ]
-    return (
-        (False, "challenger is worse on " + "; ".join(worse)) if worse else (True, "not worse on any metric")
-    )
-
-
-@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["item_index"]])
+@dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["item_index"]], pool="duckdb", kinds={"pytorch"})
 def promoted_model(
-    context: dg.AssetExecutionContext, artifacts: ArtifactStore, config: PromotionConfig
+    context: dg.AssetExecutionContext,
+    artifacts: ArtifactStore,
+    warehouse: WarehouseResource,
+    model_settings: ModelSettings,
+    config: PromotionConfig,
 ) -> dg.MaterializeResult:
-    """The promotion gate: copy the candidate over the champion (atomically) when its validation metrics
-    are not worse; otherwise the champion, and the Bento built from it, stay as they are."""
-    challenger_metrics = artifacts.read_json(f"{CANDIDATE}/evaluation.json")["validation"]
-    champion_metrics = (
-        artifacts.read_json(f"{CHAMPION}/evaluation.json")["validation"]
-        if artifacts.exists(f"{CHAMPION}/evaluation.json")
-        else None
-    )
-    promote, reason = promotion_decision(challenger_metrics, champion_metrics, config.tolerance)
-    if promote:
+    """Score the champion and the candidate on this run's valid split through the serving path, decide,
+    and copy the candidate over the champion (atomically) when it wins. ``promotion.json`` and this
+    asset's metadata hold every input of the decision: ``decide(**inputs)`` gives it again."""
+    from m6rec.serving.recommender import Recommender
+
+    model_settings.apply_threads()
+    evaluation = artifacts.read_json(f"{CANDIDATE}/evaluation.json")
+    has_champion = artifacts.exists(f"{CHAMPION}/manifest.json")
+    same_data, champion_error = None, None
+    if has_champion:
+        try:
+            champion = Recommender(artifacts.path(CHAMPION), device=pick_device())
+        except Exception as exc:  # an older format, a broken copy: it cannot serve what this m6rec serves
+            champion_error = f"the champion bundle does not load: {type(exc).__name__}: {exc}"
+        else:
+            data = load_rec_data(warehouse.database)
+            examples = warehouse.read("select * from marts.ctr_examples")
+            challenger = Recommender(artifacts.path(CANDIDATE), device=pick_device())
+            same_data = evaluate_same_data(challenger, champion, data, examples, log=context.log.info)
+    inputs = {
+        "challenger_valid": evaluation["validation"],
+        "valid_baselines": evaluation.get("valid_baselines", {}),
+        "same_data": same_data,
+        "champion_error": champion_error,
+        "has_champion": has_champion,
+        "tolerance": config.tolerance,
+        "min_coverage": config.min_coverage,
+    }
+    decision = decide(**inputs)
+    previous = artifacts.read_json(f"{CHAMPION}/manifest.json") if has_champion else {}
+    if decision.promote:
         with artifacts.replace(CHAMPION) as tmp:
             shutil.copytree(artifacts.path(CANDIDATE), tmp)
-    context.log.info(f"{'promoted' if promote else 'kept the champion'}: {reason}")
-    manifest = artifacts.read_json(f"{CHAMPION}/manifest.json") if artifacts.exists(CHAMPION) else {}
+    context.log.info(
+        f"{'promoted' if decision.promote else 'kept the champion'} ({decision.rule}): {decision.reason}"
+    )
+    record = {
+        "decision": decision.to_dict(),
+        "inputs": {**inputs, "same_data": same_data.__dict__ if same_data else None},
+        "champion_before": previous.get("created_at"),
+        "candidate": artifacts.read_json(f"{CANDIDATE}/manifest.json").get("created_at"),
+    }
+    artifacts.write(PROMOTION_RECORD, json.dumps(record, indent=2, default=float))
+    recorded_inputs = dg.MetadataValue.json(json.loads(json.dumps(record["inputs"], default=float)))
+    if decision.rule == "challenger below floor":  # nothing can serve the current data: say so loudly
+        raise dg.Failure(
+            description=f"No model promoted: {decision.reason}. The champion and its Bento stay as they are.",
+            metadata={"decision_inputs": recorded_inputs},
+        )
+    manifest = artifacts.read_json(f"{CHAMPION}/manifest.json")
     return dg.MaterializeResult(
         metadata={
-            "promoted": promote,
-            "reason": reason,
+            "promoted": decision.promote,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "same_data": dg.MetadataValue.md(metrics_table(same_data)) if same_data else "not scored",
+            "events_compared": same_data.events if same_data else 0,
+            "coverage": round(same_data.coverage, 4) if same_data else 0.0,
+            "catalogue_overlap": round(same_data.catalogue_overlap, 4) if same_data else 0.0,
+            "decision_inputs": recorded_inputs,
             "champion_path": str(artifacts.path(CHAMPION)),
             "champion_created_at": manifest.get("created_at", "n/a"),
-            "challenger": dg.MetadataValue.json(challenger_metrics),
-            "previous_champion": dg.MetadataValue.json(champion_metrics or {}),
         }
     )

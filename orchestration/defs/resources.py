@@ -104,6 +104,8 @@ class ModelSettings(dg.ConfigurableResource):
     profile: str = "default"
     encoder: str | None = None  # any HF checkpoint folder or hub id instead of the profile's encoder
     budget_s: float | None = None  # per-model wall-clock budget instead of the profile's
+    steps: int | None = None  # the retrievers' and CTR models' step limit instead of the profile's
+    patience: int | None = None  # evaluations without improvement before an early stop (profile default)
     seed: int = 0
     # CPU threads for torch. One is the safe default: with any other process busy (the Dagster daemon,
     # a second run), two threads on two cores ran ~10x slower than one here.
@@ -119,6 +121,10 @@ class ModelSettings(dg.ConfigurableResource):
 
     def resolved(self):
         overrides = {"budget_s": self.budget_s, "budgets": {}} if self.budget_s is not None else {}
+        if self.steps is not None:
+            overrides |= {"retriever_steps": self.steps, "ranker_steps": self.steps}
+        if self.patience is not None:
+            overrides["patience"] = self.patience
         if self.encoder:
             overrides["encoder"] = self.encoder
         return get_profile(self.profile, **overrides)

@@ -1,15 +1,17 @@
 """Training: the segment caches (one encoder pass), then the tuned language model as retriever and CTR
 scorer, and the frozen-feature retriever and segment ranker beside them (each one evaluation row)."""
 
+import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import dagster as dg
 import pandas as pd
 import torch
 
 from m6rec.data.marts import load_rec_data
+from m6rec.data.warehouse import read_build_info
 from m6rec.models.lm_layers import LowerLayerCache, build_lower_cache
 from m6rec.models.lm_ranking import train_lm_ranker
 from m6rec.models.lm_retrieval import train_lm_retriever
@@ -87,33 +89,53 @@ def segment_cache(
     )
 
 
+def _run_key(name: str, warehouse: WarehouseResource, model_settings: ModelSettings, steps: int) -> str:
+    """What a training run's checkpoints belong to: the published marts (their fingerprint), the profile
+    with its overrides, the seed and the step count. A run killed mid-training resumes only into the same
+    key; new data or another config starts fresh."""
+    with warehouse.connect(read_only=True) as conn:
+        info = read_build_info(conn)
+    payload = {
+        "model": name,
+        "marts": info["fingerprint"] if info else "unpublished",
+        "profile": asdict(model_settings.resolved()),
+        "seed": model_settings.seed,
+        "steps": steps,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _train_config(
-    name: str, artifacts: ArtifactStore, model_settings: ModelSettings, steps: int, metric: str
+    name: str,
+    artifacts: ArtifactStore,
+    warehouse: WarehouseResource,
+    model_settings: ModelSettings,
+    steps: int,
+    metric: str,
+    *,
+    tuned_lm: bool = False,
 ) -> TrainConfig:
+    """The trainer's settings for ``name``: checkpoints in ``<name>/run/<run key>`` after every
+    evaluation, resumed from when the same run is launched again after a kill (older keys are dropped).
+    ``tuned_lm``: the tuned-LM models' evaluation interval and learning-rate schedule."""
     profile = model_settings.resolved()
+    key = _run_key(name, warehouse, model_settings, steps)
+    runs = artifacts.path(f"{name}/run/{key}").parent
+    for stale in runs.iterdir():
+        if stale.name != key:
+            artifacts.remove(f"{name}/run/{stale.name}")
     return TrainConfig(
-        output_dir=str(artifacts.path(f"{name}/run")),
+        output_dir=str(artifacts.path(f"{name}/run/{key}")),
         max_steps=steps,
         lr=1e-3,
-        eval_every=profile.eval_every,
+        eval_every=profile.lm_eval_every if tuned_lm else profile.eval_every,
+        lr_decay=profile.lm_lr_decay if tuned_lm else "none",
         metric=metric,
         patience=profile.patience,
         max_seconds=model_settings.budget(name),
         seed=model_settings.seed,
-        resume=False,
+        resume=True,
         progress=False,
-    )
-
-
-def _lm_train_config(
-    name: str, artifacts: ArtifactStore, model_settings: ModelSettings, steps: int, metric: str
-) -> TrainConfig:
-    """:func:`_train_config` with the tuned-LM models' evaluation interval and learning-rate schedule."""
-    profile = model_settings.resolved()
-    return replace(
-        _train_config(name, artifacts, model_settings, steps, metric),
-        eval_every=profile.lm_eval_every,
-        lr_decay=profile.lm_lr_decay,
     )
 
 
@@ -153,7 +175,9 @@ def lm_retriever(
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
-    cfg = _lm_train_config(LM_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
+    cfg = _train_config(
+        LM_RETRIEVER, artifacts, warehouse, model_settings, profile.retriever_steps, "ndcg@10", tuned_lm=True
+    )
     model, result = train_lm_retriever(
         data,
         cache,
@@ -188,7 +212,15 @@ def lm_retriever_ids(
         artifacts, LM_RETRIEVER, data, SegmentCache.load(artifacts.path(SEGMENT_CACHE)), cache, encoder_model
     )
     config = replace(profile.lm_retriever, use_ids=True)
-    cfg = _lm_train_config(LM_RETRIEVER_IDS, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
+    cfg = _train_config(
+        LM_RETRIEVER_IDS,
+        artifacts,
+        warehouse,
+        model_settings,
+        profile.retriever_steps,
+        "ndcg@10",
+        tuned_lm=True,
+    )
     model, result = train_lm_retriever(
         data,
         cache,
@@ -221,7 +253,9 @@ def lm_ranker(
     profile = model_settings.resolved()
     data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
-    cfg = _lm_train_config(LM_RANKER, artifacts, model_settings, profile.ranker_steps, "auc")
+    cfg = _train_config(
+        LM_RANKER, artifacts, warehouse, model_settings, profile.ranker_steps, "auc", tuned_lm=True
+    )
     model, result = train_lm_ranker(
         data,
         cache,
@@ -254,7 +288,9 @@ def frozen_retriever(
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
     cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    cfg = _train_config(FROZEN_RETRIEVER, artifacts, model_settings, profile.retriever_steps, "ndcg@10")
+    cfg = _train_config(
+        FROZEN_RETRIEVER, artifacts, warehouse, model_settings, profile.retriever_steps, "ndcg@10"
+    )
     model, result = train_retriever(
         data, cache, profile.retriever, cfg, batch_size=profile.batch_size, log=context.log.info
     )
@@ -281,7 +317,7 @@ def segment_ranker(
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
     cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    cfg = _train_config(SEGMENT_RANKER, artifacts, model_settings, profile.ranker_steps, "auc")
+    cfg = _train_config(SEGMENT_RANKER, artifacts, warehouse, model_settings, profile.ranker_steps, "auc")
     model, result = train_ranker(
         data, cache, examples, profile.ranker, cfg, batch_size=profile.ranker_batch_size, log=context.log.info
     )
@@ -322,7 +358,7 @@ def token_ranker(
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
     cfg = replace(
-        _train_config(TOKEN_RANKER, artifacts, model_settings, config.max_steps, "auc"),
+        _train_config(TOKEN_RANKER, artifacts, warehouse, model_settings, config.max_steps, "auc"),
         lr=config.lr,
         warmup_steps=min(500, config.max_steps // 10),
         weight_decay=0.01,

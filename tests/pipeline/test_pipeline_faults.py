@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -352,3 +353,243 @@ def test_failed_data_check_keeps_the_promoted_model_and_its_bento(
     assert (artifacts / "bento.json").read_bytes() == marker
     assert str(bentoml.bentos.get("m6rec:latest").tag) == built["bento_tag"]
     assert bentoml.models.get(built["model_tag"]).info.metadata["bundle"]["created_at"] == created_at
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SIGKILL mid-training: the next run of the same asset resumes from the last checkpoint and ends where an
+# uninterrupted run ends.
+
+TRAIN_STEPS = 600  # smoke models: enough steps that the kill lands mid-run, long after a checkpoint
+TRAIN_SCRIPT = """
+import json, sys
+import dagster as dg
+from orchestration.definitions import defs
+# no early stop, no time limit: the run ends at its step count, so the kill lands mid-run
+settings = {"profile": "smoke", "steps": int(sys.argv[1]), "budget_s": 3600, "patience": 10**6}
+result = defs().resolve_job_def("retrain").execute_in_process(
+    asset_selection=[dg.AssetKey("lm_retriever")],
+    run_config={"resources": {"model_settings": {"config": settings}}},
+    instance=dg.DagsterInstance.ephemeral(),
+)
+[event] = result.get_asset_materialization_events()
+meta = event.materialization.metadata
+print("RESULT " + json.dumps({k: meta[k].value for k in ("best_ndcg@10", "best_step", "steps")}))
+"""
+
+
+def _training_home(smoke_home: Path, root: Path) -> Path:
+    """A data folder with the smoke run's published marts and segment caches (what lm_retriever reads)."""
+    root.mkdir()
+    shutil.copy(smoke_home / "warehouse.duckdb", root / "warehouse.duckdb")
+    (root / "artifacts").mkdir()
+    for name in ("segment_cache.pt", "lm_segment_cache.pt"):
+        shutil.copy(smoke_home / "artifacts" / name, root / "artifacts" / name)
+    return root
+
+
+def _train(home: Path, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "M6REC_HOME": str(home),
+        "M6REC_DUCKDB_PATH": str(home / "warehouse.duckdb"),
+        "M6REC_PROFILE": "smoke",
+        "OMP_NUM_THREADS": "1",
+    }
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", TRAIN_SCRIPT, str(TRAIN_STEPS)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _result(proc: subprocess.Popen, log: Path) -> dict:
+    assert proc.wait(timeout=WAIT_S) == 0, log_tail(log)
+    [line] = [x for x in log.read_text().splitlines() if x.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def _weights(home: Path) -> dict:
+    import torch
+
+    return torch.load(home / "artifacts" / "lm_retriever" / "model.pt", weights_only=True)
+
+
+def test_sigkill_mid_training_then_the_rerun_resumes_and_matches(smoke_run, tmp_path: Path) -> None:
+    smoke_home, _ = smoke_run
+    killed = _training_home(smoke_home, tmp_path / "killed")
+    runs = killed / "artifacts" / "lm_retriever" / "run"
+
+    def checkpoint_step() -> int:
+        states = list(runs.glob("*/checkpoint/trainer_state.json"))
+        return json.loads(states[0].read_text())["step"] if states else 0
+
+    first = _train(killed, tmp_path / "first.log")
+    _wait_until(lambda: checkpoint_step() >= 45, "a checkpoint at step 45", [first], [tmp_path / "first.log"])
+    first.send_signal(signal.SIGKILL)  # mid-epoch, between two checkpoints
+    first.wait()
+    step_at_kill = checkpoint_step()
+    assert (
+        45 <= step_at_kill < TRAIN_STEPS and not (killed / "artifacts" / "lm_retriever" / "model.pt").exists()
+    )
+
+    resumed = _result(_train(killed, tmp_path / "second.log"), tmp_path / "second.log")
+    assert f"resumed from {runs}" in (tmp_path / "second.log").read_text()
+    assert not runs.exists()  # a finished run keeps no checkpoint
+
+    fresh = _training_home(smoke_home, tmp_path / "fresh")
+    uninterrupted = _result(_train(fresh, tmp_path / "fresh.log"), tmp_path / "fresh.log")
+    assert "resumed from" not in (tmp_path / "fresh.log").read_text()
+    assert resumed == uninterrupted, (resumed, uninterrupted)
+    a, b = _weights(killed), _weights(fresh)
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.allclose(x.float(), y.float(), atol=1e-6))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A second real run whose challenger is worse on the same data: the champion and its Bento stay.
+
+
+def test_second_run_with_a_worse_challenger_keeps_the_champion_and_its_bento(smoke_run) -> None:
+    from m6rec.evaluation.gate import SameDataEvaluation, decide
+    from m6rec.serving.packaging import _bentoml
+    from orchestration.definitions import defs
+    from orchestration.defs.resources import ModelSettings
+
+    home, first = smoke_run
+    built = asset_metadata(first, "bento")
+    champion = home / "artifacts" / "champion"
+    before, marker = _snapshot(champion), (home / "artifacts" / "bento.json").read_bytes()
+    # The same marts, every model trained for a fraction of a second: a real, worse challenger.
+    second = (
+        defs()
+        .resolve_job_def("retrain")
+        .execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(),
+            resources={"model_settings": ModelSettings(profile="smoke", budget_s=0.05)},
+            raise_on_error=False,
+        )
+    )
+    assert second.success
+    gate = asset_metadata(second, "promoted_model")
+    assert gate["promoted"] is False and gate["rule"] == "same data", gate["reason"]
+    assert gate["coverage"] == 1.0 and gate["events_compared"] == 943
+    assert "challenger is worse on the same 943 valid events" in gate["reason"]
+    # The champion, re-scored on this run's valid split, scores what its own evaluation said (same data).
+    champion_eval = json.loads((champion / "evaluation.json").read_text())["validation"]
+    inputs = gate["decision_inputs"]
+    for metric, value in inputs["same_data"]["champion"].items():
+        assert abs(value - champion_eval[metric]) < 1e-4, (metric, value, champion_eval[metric])
+    # The decision follows from the recorded inputs alone.
+    again = decide(**{**inputs, "same_data": SameDataEvaluation(**inputs["same_data"])})
+    assert (again.promote, again.rule, again.reason) == (False, gate["rule"], gate["reason"])
+    assert asset_metadata(second, "bento")["rebuilt"] is False
+    assert _snapshot(champion) == before and (home / "artifacts" / "bento.json").read_bytes() == marker
+    assert str(_bentoml().bentos.get("m6rec:latest").tag) == built["bento_tag"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SIGKILL while the Bento is being built: the champion is a whole bundle (the old one or the new one), the
+# Bento recorded in bento.json is still in the store with its model, and the next run builds the new one.
+
+RETRAIN_SCRIPT = """
+import dagster as dg
+from orchestration.definitions import defs
+result = defs().resolve_job_def("retrain").execute_in_process(
+    instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+)
+print("RESULT", result.success)
+"""
+
+
+def _retrain(home: Path, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "M6REC_HOME": str(home),
+        "M6REC_DUCKDB_PATH": str(home / "warehouse.duckdb"),
+        "BENTOML_HOME": str(home / "bentoml"),
+        "M6REC_PROFILE": "smoke",
+        "OMP_NUM_THREADS": "1",
+    }
+    with log.open("w") as out:  # its own process group: the kill takes the `bentoml build` child too
+        return subprocess.Popen(
+            [sys.executable, "-c", RETRAIN_SCRIPT],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _building_bento(proc: subprocess.Popen) -> bool:
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        return any({"bentoml", "build"} <= set(child.cmdline()) for child in children)
+    except psutil.Error:  # a child that exited between the listing and the read
+        return False
+
+
+def _bento_is_whole(bentoml, tag: str) -> str:
+    """The bundle ``created_at`` of the model the Bento ``tag`` ships (both must be in the store)."""
+    bento = bentoml.bentos.get(tag)
+    assert (Path(bento.path) / "bento.yaml").is_file() and (Path(bento.path) / "src" / "m6rec").is_dir()
+    [model] = [m for m in bento.info.models if m.tag.name == "m6rec"]
+    return bentoml.models.get(str(model.tag)).info.metadata["bundle"]["created_at"]
+
+
+def test_sigkill_during_the_bento_build_keeps_a_whole_champion_and_the_previous_bento(
+    smoke_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m6rec.serving.packaging import _bentoml
+    from m6rec.serving.recommender import Recommender
+
+    smoke_home, _ = smoke_run
+    home = tmp_path / "home"  # a copy: the other tests of this module read the smoke run as it was
+    shutil.copytree(smoke_home, home, symlinks=True)
+    monkeypatch.setenv("BENTOML_HOME", str(home / "bentoml"))
+    bentoml = _bentoml()
+    artifacts = home / "artifacts"
+    marker = (artifacts / "bento.json").read_bytes()
+    old = json.loads(marker)
+    old_champion = json.loads((artifacts / "champion" / "manifest.json").read_text())["created_at"]
+
+    # Same marts, same seed, step-bounded smoke models: the challenger ties the champion, is promoted,
+    # and the Bento is rebuilt; the whole process group is killed while `bentoml build` runs.
+    log = tmp_path / "killed.log"
+    proc = _retrain(home, log)
+    try:
+        _wait_until(lambda: _building_bento(proc), "`bentoml build` to start", [proc], [log])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    champion = json.loads((artifacts / "champion" / "manifest.json").read_text())["created_at"]
+    promoted = json.loads((artifacts / "promotion.json").read_text())
+    assert promoted["decision"]["promote"] is True and champion != old_champion, promoted["decision"]
+    Recommender(artifacts / "champion", device="cpu")  # the new champion is whole and loads
+    assert (artifacts / "bento.json").read_bytes() == marker  # still the last Bento that was built
+    assert _bento_is_whole(bentoml, old["bento_tag"]) == old_champion
+    latest = str(bentoml.bentos.get("m6rec:latest").tag)
+    # The kill landed mid-build: the latest Bento is the old one (or, had the build just finished, a
+    # whole new one of the new champion; never a Bento without its model).
+    assert _bento_is_whole(bentoml, latest) in {old_champion, champion}
+
+    # The next run trains, promotes and builds the Bento of its champion.
+    log = tmp_path / "rerun.log"
+    rerun = _retrain(home, log)
+    assert rerun.wait(timeout=WAIT_S) == 0 and "RESULT True" in log.read_text(), log_tail(log)
+    record = json.loads((artifacts / "bento.json").read_text())
+    final = json.loads((artifacts / "champion" / "manifest.json").read_text())["created_at"]
+    assert record["champion_created_at"] == final and record["bento_tag"] != old["bento_tag"]
+    assert str(bentoml.bentos.get("m6rec:latest").tag) == record["bento_tag"]
+    assert _bento_is_whole(bentoml, record["bento_tag"]) == final

@@ -1,16 +1,16 @@
 """The whole graph in-process with the smoke profile (tiny random backbones) on MovieLens-100K (the
-``smoke_run`` fixture), and the promotion gate both ways."""
+``smoke_run`` fixture): evaluation beside the baselines, the bundle's data contract, the Bento
+(the promotion gate across two real runs is in test_pipeline_faults.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from m6rec.data.warehouse import connect, read_build_info
 from m6rec.evaluation import offline
-from orchestration.defs.promotion import promotion_decision
 from tests.pipeline import asset_metadata
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,13 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     assert (champion / "token_ranker").is_dir() == evaluation["serving"]["ctr"].startswith("m6rec token")
     uses_lm = manifest["retriever"]["kind"].startswith("lm_") or manifest["ranker"]["kind"].startswith("lm_")
     assert (champion / "lm_segments.pt").exists() == uses_lm
+    # the train/serve contract: what the published marts were built with (marts.build_info)
+    with connect(home / "warehouse.duckdb", read_only=True) as conn:
+        build = read_build_info(conn)
+    assert manifest["contract"]["source"] == "marts.build_info"
+    assert manifest["contract"]["marts_fingerprint"] == build["fingerprint"]
+    assert manifest["contract"]["dbt_vars"] == build["dbt_vars"]
+    assert manifest["contract"]["ctr_history_length"] == build["dbt_vars"]["ctr_history_length"]
     assert "m6rec model card" in (champion / "model_card.md").read_text()
     assert asset_metadata(result, "promoted_model")["promoted"] is True
     # smoke fine-tunes the (tiny) encoder at token level, as full does
@@ -74,47 +81,6 @@ def test_the_built_bento_holds_service_model_and_dockerfile(smoke_run) -> None:
         "encoder/model.safetensors",
     ):
         assert part in contents, (part, contents)
-
-
-def test_promotion_gate_both_ways() -> None:
-    champion = {"retriever_valid_ndcg@10": 0.10, "ranker_valid_auc": 0.80}
-    better = {"retriever_valid_ndcg@10": 0.11, "ranker_valid_auc": 0.80}
-    worse = {"retriever_valid_ndcg@10": 0.09, "ranker_valid_auc": 0.81}
-    assert promotion_decision(better, champion, 0.0) == (True, "not worse on any metric")
-    promote, reason = promotion_decision(worse, champion, 0.0)
-    assert not promote and "retriever_valid_ndcg@10: 0.0900 < 0.1000" in reason
-    # a champion that gated other metrics (an older bundle format) cannot be compared: replaced
-    promote, reason = promotion_decision({"ctr_valid_auc": 0.5}, champion, 0.0)
-    assert promote and "not comparable" in reason
-    assert promotion_decision(worse, champion, 0.02)[0]  # within tolerance
-    assert promotion_decision(worse, None, 0.0) == (True, "no champion yet")
-
-
-def _bundle(path: Path, ndcg: float, stamp: str) -> None:
-    path.mkdir(parents=True)
-    (path / "evaluation.json").write_text(json.dumps({"validation": {"retriever_valid_ndcg@10": ndcg}}))
-    (path / "manifest.json").write_text(json.dumps({"created_at": stamp}))
-
-
-def test_promotion_asset_refuses_a_worse_challenger_and_keeps_the_champion(tmp_path) -> None:
-    from orchestration.defs.promotion import promoted_model
-    from orchestration.defs.resources import ArtifactStore
-
-    resources = {"artifacts": ArtifactStore(root=str(tmp_path))}
-    _bundle(tmp_path / "champion", 0.10, "champion-1")
-    _bundle(tmp_path / "candidate", 0.08, "challenger-2")
-    refused = dg.materialize([promoted_model], resources=resources, instance=dg.DagsterInstance.ephemeral())
-    meta = refused.asset_materializations_for_node("promoted_model")[0].metadata
-    assert meta["promoted"].value is False and "worse" in meta["reason"].value
-    assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "champion-1"
-
-    (tmp_path / "candidate" / "evaluation.json").write_text(
-        json.dumps({"validation": {"retriever_valid_ndcg@10": 0.12}})
-    )
-    accepted = dg.materialize([promoted_model], resources=resources, instance=dg.DagsterInstance.ephemeral())
-    assert accepted.asset_materializations_for_node("promoted_model")[0].metadata["promoted"].value is True
-    assert json.loads((tmp_path / "champion" / "manifest.json").read_text())["created_at"] == "challenger-2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate", "champion"]  # no temporary left
 
 
 def test_zero_shot_run_ranks_held_out_items_from_text(tmp_path) -> None:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import yaml
 
 from m6rec.serving.bundle import BUNDLE_FORMAT
 from m6rec.serving.packaging import bento_contents, bento_dir, build_bento, import_bundle
@@ -257,6 +258,10 @@ def test_bentoml_build_packages_code_model_and_dockerfile(bento: dict, store: di
     assert "ENTRYPOINT" in (root / "env/docker/Dockerfile").read_text()
     info = (root / "bento.yaml").read_text()
     assert f"tag: {store['tag']}" in info and "service: m6rec.serving.service:M6Rec" in info
+    # the Bento's OpenAPI document is the service's own (m6rec.serving.service.openapi_document)
+    openapi = yaml.safe_load((root / "apis/openapi.yaml").read_text())
+    assert openapi["openapi"] == "3.1.0" and "ErrorBody" in openapi["components"]["schemas"]
+    assert {"400", "415"} <= set(openapi["paths"]["/recommend"]["post"]["responses"])
 
 
 def test_the_built_bento_serves_the_model_it_packaged(bento: dict, store: dict) -> None:
@@ -272,3 +277,8 @@ def test_the_built_bento_serves_the_model_it_packaged(bento: dict, store: dict) 
         r = post(c, "/recommend", {"history": HISTORY, "k": 3})
         assert r.status_code == 200 and len(r.json()["items"]) == 3
         assert post(c, "/recommend", {"history": HISTORY, "k": 0}).status_code == 400
+        built_doc = c.get("/docs.json").json()
+        assert (
+            built_doc["paths"]
+            == yaml.safe_load((bento_dir(bento["tag"]) / "apis/openapi.yaml").read_text())["paths"]
+        )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from m6rec.data.marts import DataContract
 from m6rec.models.retrieval import collate, query_windows
 from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery, UnknownItemError
 from m6rec.text.textify import Profile
@@ -98,3 +101,38 @@ def test_a_batch_scores_exactly_like_one_request_at_a_time(bundle) -> None:
     np.testing.assert_allclose(
         [s.score for s in batched[3]], [raw[rec.index[s.item_id]] for s in batched[3]], atol=1e-5
     )
+
+
+def test_serving_reads_the_data_contract_from_the_manifest(tmp_path) -> None:
+    """The CTR history length and the like rule come from the bundle's ``contract`` (what the marts were
+    built with), not from constants in serving code; a bundle without one is refused by name."""
+    contract = DataContract(
+        like_threshold=4.0,
+        ctr_history_length=2,
+        dbt_vars={"like_threshold": 4, "ctr_history_length": 2},
+        marts_fingerprint="abc123",
+        marts_run_id="run-1",
+        source="marts.build_info",
+    )
+    path = build_tiny_bundle(tmp_path / "model", contract=contract)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["contract"] == contract.to_dict()
+    rec = Recommender(path, device="cpu")
+    assert rec.contract == contract
+    assert not rec.contract.is_like(4.0) and rec.contract.is_like(4.5) and rec.contract.is_like(None)
+    # the ranker reads the last 2 events: what came before them changes nothing
+    recent = [HistoryEvent("i5", 5.0, 500), HistoryEvent("i6", 2.0, 600)]
+    longer = [HistoryEvent("i1", 1.0, 100), HistoryEvent("i2", 5.0, 200), *recent]
+    candidates = ["i7", "i8", "i9"]
+    np.testing.assert_allclose(
+        rec.rank(recent, candidates, now_ts=700), rec.rank(longer, candidates, now_ts=700), atol=1e-6
+    )
+    default = Recommender(build_tiny_bundle(tmp_path / "default"), device="cpu")
+    assert default.contract.ctr_history_length == 10 and default.contract.source == "defaults"
+    assert not np.allclose(
+        default.rank(recent, candidates, now_ts=700), default.rank(longer, candidates, now_ts=700), atol=1e-6
+    )
+    del manifest["contract"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="manifest.json: the manifest has no 'contract'"):
+        Recommender(path, device="cpu")

@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from m6rec.serving.engine import Engine
 from m6rec.serving.packaging import BundleError, import_bundle
 from m6rec.serving.schemas import (
     MAX_HISTORY,
+    SEMANTIC_REJECTIONS,
     ExplainRequest,
     RankRequest,
+    RecommendBatch,
     RecommendRequest,
     SimilarItemsRequest,
 )
@@ -46,6 +50,12 @@ def test_valid_requests_parse() -> None:
         "2",
     ]
     assert RecommendRequest.model_validate({"query": "  something funny  "}).query == "something funny"
+    # JSON has one number type: a whole float is that integer (ids included)
+    req = RecommendRequest.model_validate_json('{"history": [{"item_id": 50.0, "ts": 1e9}], "k": 5.0}')
+    assert req.history[0].item_id == "50" and req.history[0].ts == 10**9 and req.k == 5
+    # whitespace is JSON Schema's (ECMA-262 \s): U+3000 is stripped, U+0085 is not whitespace there
+    assert RecommendRequest.model_validate({"query": "\u3000x\ufeff"}).query == "x"
+    assert RecommendRequest.model_validate({"query": "\u0085"}).query == "\u0085"
     assert SimilarItemsRequest.model_validate({"item_id": "i1"}).k == 10
     assert ExplainRequest.model_validate({"history": HISTORY, "item_id": "i3"}).method == "auto"
 
@@ -55,6 +65,9 @@ def test_valid_requests_parse() -> None:
     [
         (RecommendRequest, {}, (), "history is empty and no query"),
         (RecommendRequest, {"history": [], "query": "   "}, ("query",), "at least 1 character"),
+        (RecommendRequest, {"query": "\u2003\n"}, ("query",), "not whitespace"),
+        (RecommendRequest, {"query": "x" * 999 + "  "}, ("query",), "at most 1000"),  # counted as sent
+        (RecommendRequest, {"history": [{"item_id": -1}]}, ("history", 0, "item_id"), "between 0 and"),
         (RecommendRequest, {"history": "i1"}, ("history",), "valid array"),
         (RecommendRequest, {"history": [{"item_id": "i1"}], "k": 0}, ("k",), "greater than or equal to 1"),
         (
@@ -254,10 +267,17 @@ def test_a_batch_answers_each_request_as_if_alone(engine: Engine) -> None:
         assert [x.score for x in out[i].result.items] == pytest.approx(
             [x.score for x in alone.items], abs=1e-5
         )
-    assert out[1].error["error"] == "1 validation error for recommend request"
-    assert out[1].error["detail"][0]["loc"] == ["history", 0, "item_id"]
-    assert "'nope'" in out[1].error["detail"][0]["msg"]
-    assert out[3].error["detail"][0]["type"] == "k_too_large" and out[3].result is None
+    assert out[1].error.error == "1 validation error for recommend request"
+    assert out[1].error.detail[0].loc == ["history", 0, "item_id"]
+    assert "'nope'" in out[1].error.detail[0].msg
+    assert out[3].error.detail[0].type == "k_too_large" and out[3].result is None
+    # the JSON entry is the body /recommend sends with a 400 (no "url": null for the service's own types)
+    assert out[1].model_dump(mode="json", exclude_none=True)["error"]["detail"][0] == {
+        "type": "unknown_item",
+        "loc": ["history", 0, "item_id"],
+        "msg": out[1].error.detail[0].msg,
+    }
+    assert "url" not in out[1].error.detail[0].model_dump(mode="json")
     assert engine.recommend_many([]) == []
 
 
@@ -275,3 +295,132 @@ def test_bf16_autocast_is_opt_in_and_close_to_full_precision(
     monkeypatch.setenv("M6REC_AUTOCAST", "fp8")
     with pytest.raises(ValueError, match="M6REC_AUTOCAST='fp8'"):
         Engine(bundle, device="cpu")
+
+
+def test_the_engine_refuses_only_with_the_documented_semantic_types(engine: Engine) -> None:
+    """Each catalogue check the engine makes has a type the OpenAPI document names for that endpoint
+    (m6rec.serving.service.SEMANTIC_400), and every documented type is really raised somewhere."""
+    from m6rec.serving.service import SEMANTIC_400
+
+    calls = {
+        "recommend": [
+            lambda: engine.recommend(RecommendRequest.model_validate({"history": [{"item_id": "nope"}]})),
+            lambda: engine.recommend(rec_request(k=41)),
+        ],
+        "rank": [lambda: engine.rank(RankRequest.model_validate({"history": HISTORY, "candidates": ["x"]}))],
+        "explain": [
+            lambda: engine.explain(ExplainRequest.model_validate({"history": HISTORY, "item_id": "x"})),
+            lambda: engine.explain(
+                ExplainRequest.model_validate(
+                    {"history": HISTORY, "item_id": "i3", "method": "language_model"}
+                )
+            ),
+        ],
+        "similar_items": [
+            lambda: engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "x"})),
+            lambda: engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "i1", "k": 40})),
+        ],
+    }
+    raised = {name: {e["type"] for call in fns for e in domain_errors(call)} for name, fns in calls.items()}
+    assert raised == {name: set(kinds) for name, kinds in SEMANTIC_400.items() if kinds}
+    assert set().union(*raised.values()) == set(SEMANTIC_REJECTIONS)
+
+
+# Bodies at the edges of every rule; for each, the published JSON Schema and the pydantic model must agree.
+SCHEMA_EDGES: list[tuple[str, Any]] = [
+    ("recommend", {}),
+    ("recommend", {"query": "x"}),
+    ("recommend", {"query": "   "}),
+    ("recommend", {"query": "\u0085"}),
+    ("recommend", {"query": "\u3000"}),
+    ("recommend", {"query": "x" * 999 + " "}),
+    ("recommend", {"query": "x" * 1000 + " "}),
+    ("recommend", {"history": []}),
+    ("recommend", {"history": [], "query": None}),
+    ("recommend", {"history": [{"item_id": "i1"}], "query": None}),
+    ("recommend", {"history": [{"item_id": 50.0}]}),
+    ("recommend", {"history": [{"item_id": 50.5}]}),
+    ("recommend", {"history": [{"item_id": -1}]}),
+    ("recommend", {"history": [{"item_id": True}]}),
+    ("recommend", {"history": [{"item_id": " "}]}),
+    ("recommend", {"history": [{"item_id": "a" * 200 + " "}]}),
+    ("recommend", {"history": [{"item_id": "i1", "rating": 10.5}]}),
+    ("recommend", {"history": [{"item_id": "i1", "ts": 1.5}]}),
+    ("recommend", {"history": [{"item_id": "i1", "extra": 1}]}),
+    ("recommend", {"query": "x", "k": 5.0}),
+    ("recommend", {"query": "x", "k": 2.5}),
+    ("recommend", {"query": "x", "k": "5"}),
+    ("recommend", {"query": "x", "k": True}),
+    ("recommend", {"query": "x", "k": 1001}),
+    ("recommend", {"query": "x", "rerank": 0}),
+    ("recommend", {"query": "x", "profile": None}),
+    ("recommend", {"query": "x", "profile": {"gender": " " * 33}}),
+    ("recommend", {"query": "x", "profile": {"age": 131}}),
+    ("recommend", {"query": "x", "surprise": 1}),
+    ("recommend_batch", []),
+    ("recommend_batch", [{}]),
+    ("recommend_batch", [{"query": "x"}] * 65),
+    ("recommend_batch", [{"query": "x"}, {"history": [{"item_id": 1}]}]),
+    ("rank", {"history": [{"item_id": "i1"}], "candidates": []}),
+    ("rank", {"history": [{"item_id": "i1"}], "candidates": [1, " 2 "], "now_ts": None}),
+    ("rank", {"history": [], "candidates": ["i1"]}),
+    ("explain", {"history": [{"item_id": "i1"}], "item_id": "i2", "method": "magic"}),
+    ("explain", {"history": [{"item_id": "i1"}], "item_id": "i2", "method": "history"}),
+    ("similar_items", {"item_id": "i1", "k": 1000}),
+    ("similar_items", {"item_id": "i1", "k": 0}),
+    ("similar_items", {"item_id": "i1", "k": None}),
+]
+REQUEST_TYPES: dict[str, Any] = {
+    "recommend": RecommendRequest,
+    "recommend_batch": RecommendBatch,
+    "rank": RankRequest,
+    "explain": ExplainRequest,
+    "similar_items": SimilarItemsRequest,
+}
+
+
+@pytest.fixture(scope="module")
+def openapi_doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The OpenAPI document the service publishes, built in-process (no server, no model)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENTOML_HOME", str(tmp_path_factory.mktemp("bentoml")))
+        from m6rec.serving.service import M6Rec
+
+        return M6Rec.openapi_spec.asdict()
+
+
+@pytest.mark.parametrize(("endpoint", "body"), SCHEMA_EDGES, ids=lambda v: json.dumps(v)[:60])
+def test_the_published_schema_accepts_what_the_model_accepts(
+    openapi_doc: dict[str, Any], endpoint: str, body: Any
+) -> None:
+    request = openapi_doc["paths"][f"/{endpoint}"]["post"]["requestBody"]
+    assert request["required"] is True
+    schema = {**request["content"]["application/json"]["schema"], "components": openapi_doc["components"]}
+    by_schema = jsonschema.Draft202012Validator(schema).is_valid(body)
+    try:
+        TypeAdapter(REQUEST_TYPES[endpoint]).validate_json(json.dumps(body))
+        by_model = True
+    except ValidationError:
+        by_model = False
+    assert by_schema == by_model, (endpoint, body, "schema", by_schema, "model", by_model)
+
+
+def test_the_published_document_is_openapi_31_with_every_error_answer(openapi_doc: dict[str, Any]) -> None:
+    assert openapi_doc["openapi"] == "3.1.0"
+    schemas = openapi_doc["components"]["schemas"]
+    for route in REQUEST_TYPES:
+        responses = openapi_doc["paths"][f"/{route}"]["post"]["responses"]
+        assert {"200", "400", "415", "429", "500", "504"} <= set(responses), route
+        assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    # every reference resolves, and BentoML's generic error schemas (a string "detail") are gone
+    refs = {ref.rsplit("/", 1)[1] for ref in _refs(openapi_doc)}
+    assert refs <= set(schemas) and not {"InvalidArgument", "NotFound", "InternalServerError"} & set(schemas)
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []

@@ -20,16 +20,18 @@ def _problem(seed: int = 0):
     return x, y
 
 
-def _trainer(out: Path, max_steps: int, *, patience: int = 100, eval_x=None) -> Trainer:
+def _trainer(
+    out: Path, max_steps: int, *, patience: int = 100, eval_x=None, dropout: float = 0.0, seeded_loader=True
+) -> Trainer:
     x, y = _problem()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    loader = DataLoader(
-        TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
-    )
+    generator = torch.Generator().manual_seed(0) if seeded_loader else None
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=generator)
 
     def loss_fn(m, batch):
         bx, by = batch
+        bx = torch.nn.functional.dropout(bx, dropout, training=dropout > 0)  # draws from the global RNG
         return torch.nn.functional.mse_loss(m(bx).squeeze(-1), by)
 
     def eval_fn(m):
@@ -60,12 +62,20 @@ def test_learns_and_logs_metrics(tmp_path: Path) -> None:
     assert 0 < result.step_seconds < result.seconds and result.steps_per_second == 60 / result.step_seconds
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
-    straight = _trainer(tmp_path / "straight", 40)
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"dropout": 0.3, "seeded_loader": False}],
+    ids=[
+        "plain",
+        "dropout_unseeded_loader",
+    ],  # the second diverged after a resume until the trainer seeded it
+)
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, kw: dict) -> None:
+    straight = _trainer(tmp_path / "straight", 40, **kw)
     straight.fit()
-    first = _trainer(tmp_path / "resumed", 20)  # "killed" after the step-20 checkpoint
+    first = _trainer(tmp_path / "resumed", 20, **kw)  # "killed" after the step-20 checkpoint (mid-epoch)
     first.fit()
-    second = _trainer(tmp_path / "resumed", 40)
+    second = _trainer(tmp_path / "resumed", 40, **kw)
     result = second.fit()
     assert result.steps == 40
     a = straight.accelerator.unwrap_model(straight.model).weight
