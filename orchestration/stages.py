@@ -77,17 +77,37 @@ TEXT_STYLE = TextStyle(with_popularity=True)  # behaviour sentences (explainer, 
 SEGMENT_STYLE = replace(TEXT_STYLE, with_watched_next=True)
 
 
-def save_trained(store: ArtifactStore, key: str, model, config) -> None:
-    """A trained model: its weights and ``{"kind", "config"}``, each written atomically. Its run's
-    checkpoints go: a checkpoint exists only for a run that was interrupted (and resumes from it)."""
+def save_trained(store: ArtifactStore, key: str, model, config, data) -> None:
+    """A trained model: its weights and ``{"kind", "config", "marts_fingerprint"}``, each written
+    atomically; the fingerprint of the marts it trained on (``data``) lets :func:`load_trained` refuse
+    it beside other data. Its run's checkpoints go: a checkpoint exists only for a run that was
+    interrupted (and resumes from it)."""
     import torch
 
     from m6rec.models.registry import describe, kind_of
 
     with store.replace(f"{key}/model.pt") as tmp:
         torch.save(model.state_dict(), tmp)
-    store.write(f"{key}/model.json", json.dumps(describe(kind_of(config), config)))
+    spec = {**describe(kind_of(config), config), "marts_fingerprint": data.contract.marts_fingerprint}
+    store.write(f"{key}/model.json", json.dumps(spec))
     store.remove(f"{key}/run")
+
+
+class StaleModelError(RuntimeError):
+    """A trained model (or evaluation) belongs to other marts than the published ones: another run
+    published new data between this run's training and its evaluation or bundle."""
+
+
+def check_same_marts(what: str, trained_on: str | None, data) -> None:
+    """Raise :class:`StaleModelError` naming ``what`` when it was made from other marts than ``data``
+    (a ``None`` on either side — data without a build record — is not compared)."""
+    current = data.contract.marts_fingerprint
+    if trained_on and current and trained_on != current:
+        raise StaleModelError(
+            f"{what} was made from marts {trained_on}, but the published marts are now {current}: another "
+            "run published new data meanwhile. Nothing was bundled or promoted; launch `retrain` to train "
+            "on the current marts."
+        )
 
 
 def trained_keys(store: ArtifactStore, keys) -> list[str]:
@@ -96,12 +116,14 @@ def trained_keys(store: ArtifactStore, keys) -> list[str]:
 
 
 def load_trained(store: ArtifactStore, key: str, data, cache, lm_cache=None, encoder_model=None):
-    """One model as its training asset left it (eval mode), and its ``{"kind", "config"}``."""
+    """One model as its training asset left it (eval mode), and its spec; a model trained on other marts
+    than ``data`` is refused (:func:`check_same_marts`)."""
     import torch
 
     from m6rec.models.registry import build_model
 
     spec = store.read_json(f"{key}/model.json")
+    check_same_marts(key, spec.get("marts_fingerprint"), data)
     model = build_model(spec, data, cache, lm_cache, encoder_model)
     model.load_state_dict(torch.load(store.path(f"{key}/model.pt"), map_location="cpu", weights_only=True))
     return model.eval(), spec

@@ -32,6 +32,7 @@ from orchestration.stages import (
     SEGMENT_STYLE,
     TEXT_STYLE,
     TOKEN_RANKER,
+    check_same_marts,
     load_trained,
     trained_keys,
 )
@@ -93,7 +94,7 @@ def offline_evaluation(
     )
     for row, (_, model, _) in models.items():
         report.parameters[row] = parameter_counts(model)
-    evaluation = report.to_dict()
+    evaluation = {**report.to_dict(), "marts_fingerprint": data.contract.marts_fingerprint}
     # {} unless the marts hold cold items (dbt var zero_shot on); the explainer LM ranks a sample of the
     # cold events by likelihood (M6-Rec's zero-shot form) beside the item towers.
     explainer = (
@@ -155,6 +156,7 @@ def item_index(
     encoder = model_settings.load_encoder()
     cache, lm_cache, models = _trained_models(artifacts, data, encoder.model)
     evaluation = artifacts.read_json(EVALUATION)
+    check_same_marts("the offline evaluation", evaluation.get("marts_fingerprint"), data)
     serving = evaluation["serving"]
     token_serves = serving["ctr"].startswith("m6rec token ranker")
     if token_serves:  # the token ranker ranks; the best pooled CTR model stays as the bundle's ranker.pt

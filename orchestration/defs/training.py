@@ -187,7 +187,7 @@ def lm_retriever(
         batch_size=profile.lm_batch_size,
         log=context.log.info,
     )
-    save_trained(artifacts, LM_RETRIEVER, model, profile.lm_retriever)
+    save_trained(artifacts, LM_RETRIEVER, model, profile.lm_retriever, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_batch_size, model, profile))
 
 
@@ -231,7 +231,7 @@ def lm_retriever_ids(
         init=text_only,
         log=context.log.info,
     )
-    save_trained(artifacts, LM_RETRIEVER_IDS, model, config)
+    save_trained(artifacts, LM_RETRIEVER_IDS, model, config, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_batch_size, model, profile))
 
 
@@ -266,7 +266,7 @@ def lm_ranker(
         batch_size=profile.lm_ranker_batch_size,
         log=context.log.info,
     )
-    save_trained(artifacts, LM_RANKER, model, profile.lm_ranker)
+    save_trained(artifacts, LM_RANKER, model, profile.lm_ranker, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_ranker_batch_size, model, profile))
 
 
@@ -294,7 +294,7 @@ def frozen_retriever(
     model, result = train_retriever(
         data, cache, profile.retriever, cfg, batch_size=profile.batch_size, log=context.log.info
     )
-    save_trained(artifacts, FROZEN_RETRIEVER, model, profile.retriever)
+    save_trained(artifacts, FROZEN_RETRIEVER, model, profile.retriever, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.batch_size, model, profile))
 
 
@@ -321,7 +321,7 @@ def segment_ranker(
     model, result = train_ranker(
         data, cache, examples, profile.ranker, cfg, batch_size=profile.ranker_batch_size, log=context.log.info
     )
-    save_trained(artifacts, SEGMENT_RANKER, model, profile.ranker)
+    save_trained(artifacts, SEGMENT_RANKER, model, profile.ranker, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.ranker_batch_size, model, profile))
 
 
