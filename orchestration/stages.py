@@ -51,6 +51,7 @@ MODEL_ASSETS = {
 # Keys in the artefact store.
 SEGMENT_CACHE = "segment_cache.pt"  # sentence embeddings (SegmentCache): frozen-feature models, queries
 LM_CACHE = "lm_segment_cache.pt"  # lower-layer states (LowerLayerCache): the tuned LM models
+CACHE_RECORD = "segment_cache.json"  # the marts fingerprint both caches were computed from
 # Trained models: <key>/model.pt + <key>/model.json ({"kind", "config"}); <key>/run holds the trainer's
 # checkpoints. Each is one row of the evaluation (ROW_NAMES).
 LM_RETRIEVER, LM_RETRIEVER_IDS, LM_RANKER = "lm_retriever", "lm_retriever_ids", "lm_ranker"
@@ -108,6 +109,24 @@ def check_same_marts(what: str, trained_on: str | None, data) -> None:
             "run published new data meanwhile. Nothing was bundled or promoted; launch `retrain` to train "
             "on the current marts."
         )
+
+
+def save_caches(store: ArtifactStore, cache, data) -> None:
+    """The lower-layer cache, its pooled sentence vectors, and which marts (``data``) they came from."""
+    cache.save(store.path(LM_CACHE))
+    cache.sentences().save(store.path(SEGMENT_CACHE))
+    store.write(CACHE_RECORD, json.dumps({"marts_fingerprint": data.contract.marts_fingerprint}))
+
+
+def load_cache(store: ArtifactStore, key: str, data):
+    """``SEGMENT_CACHE`` or ``LM_CACHE`` as the ``segment_cache`` asset saved it; refused when it was
+    computed from other marts than ``data`` (:func:`check_same_marts`)."""
+    from m6rec.models.lm_layers import LowerLayerCache
+    from m6rec.models.segments import SegmentCache
+
+    recorded = store.read_json(CACHE_RECORD).get("marts_fingerprint") if store.exists(CACHE_RECORD) else None
+    check_same_marts("the segment cache", recorded, data)
+    return (LowerLayerCache if key == LM_CACHE else SegmentCache).load(store.path(key))
 
 
 def trained_keys(store: ArtifactStore, keys) -> list[str]:

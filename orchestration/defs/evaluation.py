@@ -12,9 +12,7 @@ from m6rec.evaluation import offline
 from m6rec.evaluation.zero_shot import zero_shot_markdown, zero_shot_report
 from m6rec.models.backbones import load_causal_lm, pick_device
 from m6rec.models.late_interaction import load_token_ranker
-from m6rec.models.lm_layers import LowerLayerCache
 from m6rec.models.registry import parameter_counts
-from m6rec.models.segments import SegmentCache
 from m6rec.serving.bundle import save_bundle
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
@@ -33,6 +31,7 @@ from orchestration.stages import (
     TEXT_STYLE,
     TOKEN_RANKER,
     check_same_marts,
+    load_cache,
     load_trained,
     trained_keys,
 )
@@ -40,8 +39,8 @@ from orchestration.stages import (
 
 def _trained_models(artifacts: ArtifactStore, data, encoder_model):
     """Every model the training assets wrote, by evaluation row: ``{row: (key, model, spec)}``."""
-    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
-    lm_cache = LowerLayerCache.load(artifacts.path(LM_CACHE)) if artifacts.exists(LM_CACHE) else None
+    cache = load_cache(artifacts, SEGMENT_CACHE, data)
+    lm_cache = load_cache(artifacts, LM_CACHE, data) if artifacts.exists(LM_CACHE) else None
     out = {}
     for key in trained_keys(artifacts, (*RETRIEVERS, *CTR_MODELS)):
         model, spec = load_trained(artifacts, key, data, cache, lm_cache, encoder_model)

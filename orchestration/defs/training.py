@@ -12,12 +12,11 @@ import torch
 
 from m6rec.data.marts import load_rec_data
 from m6rec.data.warehouse import read_build_info
-from m6rec.models.lm_layers import LowerLayerCache, build_lower_cache
+from m6rec.models.lm_layers import build_lower_cache
 from m6rec.models.lm_ranking import train_lm_ranker
 from m6rec.models.lm_retrieval import train_lm_retriever
 from m6rec.models.ranking import train_ranker
 from m6rec.models.retrieval import train_retriever
-from m6rec.models.segments import SegmentCache
 from m6rec.training.trainer import TrainConfig, TrainResult, result_metadata
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
@@ -36,7 +35,9 @@ from orchestration.stages import (
     SEGMENT_STYLE,
     TEXT_STYLE,
     TOKEN_RANKER,
+    load_cache,
     load_trained,
+    save_caches,
     save_trained,
 )
 
@@ -73,8 +74,7 @@ def segment_cache(
     encoder = model_settings.load_encoder()
     split = model_settings.resolved().lm_split(encoder.num_layers)
     cache = build_lower_cache(encoder, data, SEGMENT_STYLE, split)
-    cache.save(artifacts.path(LM_CACHE))
-    cache.sentences().save(artifacts.path(SEGMENT_CACHE))
+    save_caches(artifacts, cache, data)
     return dg.MaterializeResult(
         metadata={
             "encoder": encoder.name,
@@ -154,7 +154,7 @@ def _metadata(result: TrainResult, cfg: TrainConfig, batch_size: int, model, pro
 
 def _lm_inputs(warehouse: WarehouseResource, artifacts: ArtifactStore, model_settings: ModelSettings):
     data = load_rec_data(warehouse.database)
-    return data, LowerLayerCache.load(artifacts.path(LM_CACHE)), model_settings.load_encoder().model
+    return data, load_cache(artifacts, LM_CACHE, data), model_settings.load_encoder().model
 
 
 @dg.asset(
@@ -209,7 +209,7 @@ def lm_retriever_ids(
     profile = model_settings.resolved()
     data, cache, encoder_model = _lm_inputs(warehouse, artifacts, model_settings)
     text_only, _ = load_trained(
-        artifacts, LM_RETRIEVER, data, SegmentCache.load(artifacts.path(SEGMENT_CACHE)), cache, encoder_model
+        artifacts, LM_RETRIEVER, data, load_cache(artifacts, SEGMENT_CACHE, data), cache, encoder_model
     )
     config = replace(profile.lm_retriever, use_ids=True)
     cfg = _train_config(
@@ -287,7 +287,7 @@ def frozen_retriever(
     model_settings.apply_threads()
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
-    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    cache = load_cache(artifacts, SEGMENT_CACHE, data)
     cfg = _train_config(
         FROZEN_RETRIEVER, artifacts, warehouse, model_settings, profile.retriever_steps, "ndcg@10"
     )
@@ -316,7 +316,7 @@ def segment_ranker(
     profile = model_settings.resolved()
     data = load_rec_data(warehouse.database)
     examples = warehouse.read("select * from marts.ctr_examples where split in ('train', 'valid')")
-    cache = SegmentCache.load(artifacts.path(SEGMENT_CACHE))
+    cache = load_cache(artifacts, SEGMENT_CACHE, data)
     cfg = _train_config(SEGMENT_RANKER, artifacts, warehouse, model_settings, profile.ranker_steps, "auc")
     model, result = train_ranker(
         data, cache, examples, profile.ranker, cfg, batch_size=profile.ranker_batch_size, log=context.log.info

@@ -373,7 +373,7 @@ def _training_home(smoke_home: Path, root: Path) -> Path:
     root.mkdir()
     shutil.copy(smoke_home / "warehouse.duckdb", root / "warehouse.duckdb")
     (root / "artifacts").mkdir()
-    for name in ("segment_cache.pt", "lm_segment_cache.pt"):
+    for name in ("segment_cache.pt", "lm_segment_cache.pt", "segment_cache.json"):
         shutil.copy(smoke_home / "artifacts" / name, root / "artifacts" / name)
     return root
 
