@@ -52,8 +52,8 @@ MODEL_ASSETS = {
 SEGMENT_CACHE = "segment_cache.pt"  # sentence embeddings (SegmentCache): frozen-feature models, queries
 LM_CACHE = "lm_segment_cache.pt"  # lower-layer states (LowerLayerCache): the tuned LM models
 CACHE_RECORD = "segment_cache.json"  # the marts fingerprint both caches were computed from
-# Trained models: <key>/model.pt + <key>/model.json ({"kind", "config"}); <key>/run holds the trainer's
-# checkpoints. Each is one row of the evaluation (ROW_NAMES).
+# Trained models: <key>/model.pt + <key>/model.json ({"kind", "config", "marts_fingerprint"}); <key>/run: the
+# trainer's checkpoints. Each is one row of the evaluation (ROW_NAMES).
 LM_RETRIEVER, LM_RETRIEVER_IDS, LM_RANKER = "lm_retriever", "lm_retriever_ids", "lm_ranker"
 FROZEN_RETRIEVER, SEGMENT_RANKER = "frozen_retriever", "segment_ranker"
 RETRIEVERS = (LM_RETRIEVER, LM_RETRIEVER_IDS, FROZEN_RETRIEVER)
