@@ -77,6 +77,7 @@ def offline_evaluation(
     extra = {}
     if artifacts.exists(EXPLAINER_YES_NO):
         answers = artifacts.read_json(EXPLAINER_YES_NO)
+        check_same_marts("the explainer's Yes/No answers", answers.get("marts_fingerprint"), data)
         extra[answers["row"]] = (np.asarray(answers["labels"]), np.asarray(answers["probabilities"]))
     retrievers = {row: m for row, (_, m, spec) in models.items() if spec["kind"].endswith("retriever")}
     report = offline.evaluate(

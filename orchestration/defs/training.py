@@ -423,6 +423,7 @@ def explainer(
                 "example_ids": test["example_id"].tolist(),
                 "labels": test["label"].astype(int).tolist(),
                 "probabilities": [float(p) for p in test_probs],
+                "marts_fingerprint": data.contract.marts_fingerprint,
             }
         ),
     )
