@@ -73,6 +73,19 @@ def test_generic_logs_flow_through_dbt(m6rec_home: Path, write_generic) -> None:
     assert splits["u4/i1"] == "train"  # a single event stays in train (RecBole)
 
 
+def test_generated_logs_pass_every_gate(m6rec_home: Path, tmp_path: Path) -> None:
+    """The seeded generator's logs (m6rec.data.generator) go through ingest, every GX suite and dbt test."""
+    from m6rec.data.generator import LogSpec, generate_log
+
+    log = generate_log(LogSpec(events=20_000, users=500, items=2_000, seed=1))
+    result = run_data_job(str(log.write(tmp_path / "generated")))
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert result.success and set(checks) >= GX_CHECKS and all(checks.values()), checks
+    with duckdb.connect(str(m6rec_home / "warehouse.duckdb"), read_only=True) as conn:
+        splits = dict(conn.execute("select split, count(*) from marts.splits group by 1").fetchall())
+    assert splits["test"] == splits["valid"] == 500 and sum(splits.values()) == len(log.interactions)
+
+
 def test_malformed_source_fails_the_step_and_keeps_previous_raw(m6rec_home: Path, write_generic) -> None:
     assert run_data_job(str(write_generic("good"))).success
     bad = write_generic("bad", interactions=INTERACTIONS + "u4,i99,1800,4\n")
