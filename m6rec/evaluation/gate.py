@@ -55,18 +55,6 @@ class GateDecision:
         return asdict(self)
 
 
-def _profiles(data: RecData) -> dict[str, Profile]:
-    columns = set(data.users.columns)
-    out = {}
-    for row in data.users.itertuples(index=False):
-        out[row.user_id] = Profile(
-            age=int(row.age) if "age" in columns and pd.notna(row.age) else None,
-            gender=row.gender if "gender" in columns and pd.notna(row.gender) else None,
-            occupation=row.occupation if "occupation" in columns and pd.notna(row.occupation) else None,
-        )
-    return out
-
-
 def _rating(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
@@ -155,7 +143,7 @@ def evaluate_same_data(
     current = [str(i) for i in data.items["item_id"]]
     known = set(current) & set(map(str, champion.index)) & set(map(str, challenger.index))
     candidates = [i for i in current if i in known]
-    profiles = _profiles(data)
+    profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
     events = valid_retrieval_events(data, known)
     all_valid = int((data.events["split"] == "valid").sum())
     result = SameDataEvaluation(

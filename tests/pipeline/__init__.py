@@ -1,6 +1,28 @@
 """The pipeline end to end (all ``slow``): dbt on ML-100K, Dagster in-process and over ``dg``."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import dagster as dg
+
+from tests import REPO_ROOT
+
+
+def ml100k_marts(db: Path, ml100k_dir: Path, **dbt_vars) -> subprocess.CompletedProcess:
+    """MovieLens-100K loaded into ``db``'s raw tables, then ``dbt build`` by hand, as a user would run
+    it: the marts straight into ``marts`` (no audit schema). Returns dbt's completed process."""
+    from m6rec.data.sources import read_source
+    from m6rec.data.warehouse import connect, replace_raw_tables
+
+    with connect(db) as conn:
+        replace_raw_tables(conn, read_source(ml100k_dir), "ml-100k")
+    dbt_vars = {"marts_audit_schema": "marts", **dbt_vars}
+    cmd = [str(Path(sys.executable).parent / "dbt"), "build", "--vars", json.dumps(dbt_vars)]
+    env = {**os.environ, "M6REC_DUCKDB_PATH": str(db)}
+    return subprocess.run(cmd, cwd=REPO_ROOT / "transforms", env=env, capture_output=True, text=True)
 
 
 def asset_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -14,18 +10,9 @@ import pandas as pd
 import pytest
 
 from m6rec.data.sources import read_source
-from m6rec.data.warehouse import connect, replace_raw_tables
-from tests import REPO_ROOT
+from tests.pipeline import ml100k_marts
 
 pytestmark = pytest.mark.slow
-
-
-def dbt_build(db: Path, **dbt_vars) -> subprocess.CompletedProcess:
-    """dbt by hand, as a user would run it: the marts straight into ``marts`` (no audit schema)."""
-    dbt_vars = {"marts_audit_schema": "marts", **dbt_vars}
-    cmd = [str(Path(sys.executable).parent / "dbt"), "build", "--vars", json.dumps(dbt_vars)]
-    env = {**os.environ, "M6REC_DUCKDB_PATH": str(db)}
-    return subprocess.run(cmd, cwd=REPO_ROOT / "transforms", env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +33,7 @@ def raw_file_splits(ml100k_dir: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, ml100k_dir: Path) -> Path:
     db = tmp_path_factory.mktemp("dbt") / "warehouse.duckdb"
-    with connect(db) as conn:
-        replace_raw_tables(conn, read_source(ml100k_dir), "ml-100k")
-    result = dbt_build(db)
+    result = ml100k_marts(db, ml100k_dir)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "ERROR=0" in result.stdout and "PASS=" in result.stdout
     return db
@@ -109,9 +94,7 @@ def test_ctr_history_is_the_previous_ten_events(built: Path, raw_file_splits: pd
 
 def test_zero_shot_holds_cold_items_out_of_training(tmp_path: Path, ml100k_dir: Path) -> None:
     db = tmp_path / "zs.duckdb"
-    with connect(db) as conn:
-        replace_raw_tables(conn, read_source(ml100k_dir), "ml-100k")
-    result = dbt_build(db, zero_shot=True, cold_item_fraction=0.1)
+    result = ml100k_marts(db, ml100k_dir, zero_shot=True, cold_item_fraction=0.1)
     assert result.returncode == 0, result.stdout[-3000:]
     with duckdb.connect(str(db), read_only=True) as conn:
         cold = {r[0] for r in conn.execute("select item_id from marts.cold_items").fetchall()}

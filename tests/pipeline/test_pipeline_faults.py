@@ -164,6 +164,53 @@ def _wait_until(
         time.sleep(1.0)
 
 
+def _launch_two_at_once(
+    job: str, config: dict, env: dict, dagster_home: Path, db: Path, logs: list[Path], timeout: float
+) -> list[int]:
+    """Two ``dg launch --job job`` processes that overlap by construction: the test holds the warehouse's
+    write lock until the first run's ingest step waits for it and the second run waits too (for the lock
+    or the pool slot); then lets go and returns both exit codes."""
+    cmd = [
+        str(Path(sys.executable).parent / "dg"),
+        "launch",
+        "--job",
+        job,
+        "--config-json",
+        json.dumps(config),
+    ]
+    procs: list[subprocess.Popen] = []
+
+    def launch(log: Path) -> None:
+        with log.open("w") as out:
+            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+    def waiting_runs() -> int:
+        """Launched runs whose ingest step has started (and waits for the lock) or waits for the pool."""
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            return sum(_ingest_is_waiting(instance, r.dagster_run.run_id) for r in instance.get_run_records())
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    holder = duckdb.connect(str(db))  # the write lock: every step that opens the warehouse waits for it
+    try:
+        launch(logs[0])
+        _wait_until(lambda: waiting_runs() == 1, "the first run's ingest step to start", procs, logs)
+        launch(logs[1])
+        _wait_until(lambda: waiting_runs() == 2, "the second run to wait for the lock or pool", procs, logs)
+        holder.close()
+        try:
+            return [p.wait(timeout=timeout) for p in procs]
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the runs did not finish within {timeout} s\n" + "\n".join(log_tail(g) for g in logs)
+            )
+    finally:
+        holder.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def test_two_data_runs_at_once_without_the_pool_leave_a_valid_warehouse(
     m6rec_home: Path, write_generic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,38 +232,8 @@ def test_two_data_runs_at_once_without_the_pool_leave_a_valid_warehouse(
         # the waits below may take minutes on a busy machine: no step gives up on the lock meanwhile
         "resources": {"warehouse": {"config": {"database": str(db), "lock_wait_s": 3 * WAIT_S}}},
     }
-    cmd = [str(Path(sys.executable).parent / "dg"), "launch", "--job", "data_pipeline"]
-    cmd += ["--config-json", json.dumps(config)]
     logs = [tmp_path / f"launch_{i}.log" for i in range(2)]
-    procs: list[subprocess.Popen] = []
-
-    def launch(log: Path) -> None:
-        with log.open("w") as out:
-            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
-
-    def waiting_runs() -> int:
-        """Launched runs whose ingest step has started (and waits for the lock) or waits for the pool."""
-        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            return sum(_ingest_is_waiting(instance, r.dagster_run.run_id) for r in instance.get_run_records())
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    holder = duckdb.connect(str(db))  # the write lock: every step that opens the warehouse waits for it
-    try:
-        launch(logs[0])
-        _wait_until(lambda: waiting_runs() == 1, "the first run's ingest step to start", procs, logs)
-        launch(logs[1])
-        _wait_until(lambda: waiting_runs() == 2, "the second run to wait for the lock or pool", procs, logs)
-        holder.close()
-        try:
-            codes = [p.wait(timeout=WAIT_S) for p in procs]
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the runs did not finish within {WAIT_S} s\n" + "\n".join(log_tail(g) for g in logs))
-    finally:
-        holder.close()
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    codes = _launch_two_at_once("data_pipeline", config, env, dagster_home, db, logs, WAIT_S)
 
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         records = instance.get_run_records()
@@ -378,22 +395,32 @@ def _training_home(smoke_home: Path, root: Path) -> Path:
     return root
 
 
-def _train(home: Path, log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
+def _home_env(home: Path) -> dict[str, str]:
+    """The variables that point m6rec at one data folder: warehouse, artefacts, BentoML store."""
+    return {
         "M6REC_HOME": str(home),
         "M6REC_DUCKDB_PATH": str(home / "warehouse.duckdb"),
-        "M6REC_PROFILE": "smoke",
-        "OMP_NUM_THREADS": "1",
+        "BENTOML_HOME": str(home / "bentoml"),
     }
+
+
+def _smoke_child(script: str, args: list[str], home: Path, log: Path) -> subprocess.Popen:
+    """``python -c script *args`` on the data folder ``home`` with the smoke profile and one thread, in
+    its own process group (killing the group takes its children too, e.g. ``bentoml build``)."""
+    env = {**os.environ, **_home_env(home), "M6REC_PROFILE": "smoke", "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", TRAIN_SCRIPT, str(TRAIN_STEPS)],
+            [sys.executable, "-c", script, *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+
+
+def _train(home: Path, log: Path) -> subprocess.Popen:
+    return _smoke_child(TRAIN_SCRIPT, [str(TRAIN_STEPS)], home, log)
 
 
 def _result(proc: subprocess.Popen, log: Path) -> dict:
@@ -503,23 +530,7 @@ print("RESULT", result.success)
 
 
 def _retrain(home: Path, log: Path, *assets: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "M6REC_HOME": str(home),
-        "M6REC_DUCKDB_PATH": str(home / "warehouse.duckdb"),
-        "BENTOML_HOME": str(home / "bentoml"),
-        "M6REC_PROFILE": "smoke",
-        "OMP_NUM_THREADS": "1",
-    }
-    with log.open("w") as out:  # its own process group: the kill takes the `bentoml build` child too
-        return subprocess.Popen(
-            [sys.executable, "-c", RETRAIN_SCRIPT, *assets],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return _smoke_child(RETRAIN_SCRIPT, list(assets), home, log)
 
 
 def _building_bento(proc: subprocess.Popen) -> bool:
@@ -595,12 +606,8 @@ def test_sigkill_during_the_bento_build_keeps_a_whole_champion_and_the_previous_
 
 
 def _use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    for var, value in {
-        "M6REC_HOME": home,
-        "M6REC_DUCKDB_PATH": home / "warehouse.duckdb",
-        "BENTOML_HOME": home / "bentoml",
-    }.items():
-        monkeypatch.setenv(var, str(value))
+    for var, value in _home_env(home).items():
+        monkeypatch.setenv(var, value)
 
 
 def test_models_trained_on_replaced_marts_are_never_bundled(
@@ -665,36 +672,8 @@ def test_two_full_runs_at_once_both_finish_with_one_champion_and_its_bento(
         "OMP_NUM_THREADS": "1",
     }
     config = {"resources": {"warehouse": {"config": {"database": str(db), "lock_wait_s": 3 * WAIT_S}}}}
-    cmd = [str(Path(sys.executable).parent / "dg"), "launch", "--job", "m6rec_pipeline"]
-    cmd += ["--config-json", json.dumps(config)]
     logs = [tmp_path / f"launch_{i}.log" for i in range(2)]
-    procs: list[subprocess.Popen] = []
-
-    def launch(log: Path) -> None:
-        with log.open("w") as out:
-            procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
-
-    def waiting_runs() -> int:
-        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-            return sum(_ingest_is_waiting(instance, r.dagster_run.run_id) for r in instance.get_run_records())
-
-    holder = duckdb.connect(str(db))
-    try:
-        launch(logs[0])
-        _wait_until(lambda: waiting_runs() == 1, "the first run's ingest step to start", procs, logs)
-        launch(logs[1])
-        _wait_until(lambda: waiting_runs() == 2, "the second run to wait for the lock or pool", procs, logs)
-        holder.close()
-        try:
-            codes = [p.wait(timeout=2 * WAIT_S) for p in procs]
-        except subprocess.TimeoutExpired:
-            pytest.fail("the runs did not finish\n" + "\n".join(log_tail(g) for g in logs))
-    finally:
-        holder.close()
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    codes = _launch_two_at_once("m6rec_pipeline", config, env, dagster_home, db, logs, 2 * WAIT_S)
     tails = [log_tail(log, 3000) for log in logs]
     assert codes == [0, 0], tails
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:

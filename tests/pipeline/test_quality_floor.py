@@ -9,9 +9,6 @@ not depend on how fast the machine is. Measured here (2 CPU threads, 2026-12-01)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +16,6 @@ import pytest
 
 from m6rec.data.eval_inputs import build_eval_inputs
 from m6rec.data.marts import load_rec_data
-from m6rec.data.sources import read_source
-from m6rec.data.warehouse import connect, replace_raw_tables
 from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
 from m6rec.evaluation.offline import tune_itemknn
 from m6rec.models.backbones import load_encoder
@@ -32,6 +27,7 @@ from m6rec.training.profiles import get_profile
 from m6rec.training.trainer import TrainConfig
 from orchestration.stages import SEGMENT_STYLE
 from tests import REPO_ROOT, SHARED_CACHE
+from tests.pipeline import ml100k_marts
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +35,6 @@ STEPS = 600  # ~80 s of training on 2 CPU threads; test NDCG@10 still rising the
 MARGIN_OVER_ITEMKNN = 1.10  # measured ~1.2x at this length (and 1.37x after the main command's 330 s)
 MARGIN_OVER_POP = 1.5  # measured ~1.9x
 RESULT = REPO_ROOT / "bench" / "results" / "quality_floor.json"
-
-
-def _marts(db: Path, ml100k_dir: Path) -> None:
-    with connect(db) as conn:
-        replace_raw_tables(conn, read_source(ml100k_dir), "ml-100k")
-    dbt = [str(Path(sys.executable).parent / "dbt"), "build", "--vars", '{"marts_audit_schema": "marts"}']
-    env = {**os.environ, "M6REC_DUCKDB_PATH": str(db)}
-    proc = subprocess.run(dbt, cwd=REPO_ROOT / "transforms", env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def _baseline_ndcg(model, inputs) -> float:
@@ -60,7 +47,8 @@ def test_short_lm_run_beats_pop_and_tuned_itemknn_on_movielens(tmp_path: Path, m
 
     torch.set_num_threads(2)
     db = tmp_path / "warehouse.duckdb"
-    _marts(db, ml100k_dir)
+    dbt = ml100k_marts(db, ml100k_dir)
+    assert dbt.returncode == 0, dbt.stdout[-3000:]
     data = load_rec_data(db)
     profile = get_profile("default")
     encoder = load_encoder(profile.encoder, SHARED_CACHE, device="cpu")
