@@ -22,6 +22,7 @@ from m6rec.models.ranking import RankerConfig
 from m6rec.models.registry import build_model, describe, kind_of
 from m6rec.models.retrieval import RetrieverConfig
 from m6rec.serving.bundle import save_bundle
+from m6rec.serving.item_index import IndexConfig
 from m6rec.text.textify import TextStyle
 from tests.synthetic import synthetic_rec_data
 
@@ -58,10 +59,12 @@ def build_tiny_bundle(
     seed: int = 0,
     kind: str = "lm",
     contract: DataContract | None = None,
+    index_config: IndexConfig | None = None,
 ) -> Path:
     """Write a tiny bundle (40 items ``i0``..``i39`` titled "Movie number N", genres cycling through
     Action/Comedy/Drama/Horror) of :func:`tiny_models` to ``path``, with a model card and an evaluation
-    summary beside it. ``contract``: the marts' build values to record instead of the defaults."""
+    summary beside it. ``contract``: the marts' build values to record instead of the defaults;
+    ``index_config``: e.g. ``IndexConfig(exact_below=1)`` to ship ANN graphs even for 40 items."""
     path = Path(path)
     data, encoder, cache, lm_cache, specs, retriever, ranker = tiny_models(kind, seed)
     if contract is not None:
@@ -86,6 +89,7 @@ def build_tiny_bundle(
         lm_cache=lm_cache if kind == "lm" else None,
         metrics=dict(TINY_METRICS),
         explainer_dir=explainer_dir,
+        index_config=index_config,
     )
     (path / "MODEL_CARD.md").write_text(MODEL_CARD, encoding="utf-8")
     (path / "evaluation.json").write_text(EVALUATION, encoding="utf-8")

@@ -414,7 +414,7 @@ def finetune_like_head(
         params=[p for p in model.parameters() if p.requires_grad],
     )
     result = trainer.fit()
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = trainer.trained_model
     model.to(device).eval()
     return FewShotResult(model=model, report=report, train=result, seconds=time.perf_counter() - start)
 

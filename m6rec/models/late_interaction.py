@@ -239,7 +239,7 @@ def train_token_ranker(
 
     trainer = Trainer(scorer, loss, loader, evaluate, train_config, log=log)
     result = trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), result
+    return trainer.trained_model, result
 
 
 # --- on disk ------------------------------------------------------------------------------------------

@@ -186,4 +186,4 @@ def train_lm_ranker(
         params=model.param_groups(train_config.lr, config.lm_lr),
     )
     result = trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), result
+    return trainer.trained_model, result

@@ -237,4 +237,4 @@ def train_ranker(
         model, lambda m, b: m.loss(b), loader, lambda m: evaluate_ctr(m, valid), train_config, log=log
     )
     result = trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), result
+    return trainer.trained_model, result

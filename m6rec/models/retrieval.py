@@ -303,4 +303,4 @@ def fit_next_item(
         params=params,
     )
     result = trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), result
+    return trainer.trained_model, result

@@ -17,6 +17,10 @@ Layout (one folder, written atomically by :func:`save_bundle`):
   token_ranker/     optional (``full`` profile): the token-level late-interaction ranker, with the
                     cached lower-layer states of every item's question segment; ranks instead of
                     ranker.pt when present
+  index/            catalogues of ``IndexConfig.exact_below`` items or more: the ANN index over each
+                    item's retriever vector and sentence embedding (free-text queries), concatenated,
+                    with its measured recall (m6rec.serving.item_index); smaller catalogues are
+                    scanned exactly and have no index/
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +43,7 @@ from m6rec.models.backbones import Encoder
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker
 from m6rec.models.lm_layers import LowerLayerCache
 from m6rec.models.segments import SegmentCache
+from m6rec.serving.item_index import IndexConfig, build_if_large, index_settings
 from m6rec.text.textify import TextStyle
 
 BUNDLE_FORMAT = 3  # 3: the manifest's ``contract``
@@ -73,6 +79,7 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     explainer_dir: str | Path | None = None,
     token_ranker_dir: str | Path | None = None,
+    index_config: IndexConfig | None = None,
 ) -> Path:
     """Write every artefact into a temp folder beside ``path``, then swap it in. ``*_spec`` is the
     model's ``{"kind", "config"}`` (:func:`m6rec.models.registry.describe`) plus its evaluation row
@@ -96,6 +103,11 @@ def save_bundle(
             scorer, token_config = load_token_ranker(tmp / "token_ranker")
             states = CandidateStates.build(scorer, data.item_texts(), style, token_config.max_length)
             states.save(tmp / "token_ranker" / "candidates.pt")
+        index_config = index_config or IndexConfig()
+        spaces = [serving_item_vectors(retriever), cache.item_states.float().cpu().numpy()]
+        index = build_if_large(spaces, index_config)
+        if index is not None:
+            index.save(tmp / "index")
         manifest = {
             "format": BUNDLE_FORMAT,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -107,12 +119,27 @@ def save_bundle(
             "ranker": ranker_spec,
             "token_ranker": asdict(token_config) if token_config else None,
             "n_items": int(len(data.items)),
+            "item_index": {  # "ann": None = exact scan
+                "settings": index_settings(index_config),
+                "ann": index.info if index else None,
+            },
             "explainer": explainer_dir is not None,
             "metrics": metrics or {},
             "versions": {p: package_version(p) for p in ("m6rec", "torch", "transformers")},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
     return Path(path)
+
+
+@torch.no_grad()
+def serving_item_vectors(retriever: nn.Module) -> np.ndarray:
+    """The unit item vectors serving scores against, as the service computes them (eval mode)."""
+    was_training = retriever.training
+    retriever.eval()
+    try:
+        return retriever.item_vectors().float().cpu().numpy()
+    finally:
+        retriever.train(was_training)
 
 
 def package_version(package: str) -> str:

@@ -21,6 +21,7 @@ from m6rec.models.registry import build_model
 from m6rec.models.retrieval import Window, collate
 from m6rec.models.segments import SegmentCache, gap_buckets, gaps_before, rating_ids
 from m6rec.serving.bundle import BUNDLE_FORMAT
+from m6rec.serving.item_index import ItemIndex
 from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments, profile_text, pronoun
 
 PROFILE_CACHE_SIZE = 4096
@@ -106,6 +107,8 @@ class Recommender:
         # Profile texts take few distinct values (age, gender, occupation) and encoding one costs a
         # full encoder pass (~9 ms of a ~25 ms request on one CPU thread), so they are memoised.
         self._encode_profile = functools.lru_cache(maxsize=PROFILE_CACHE_SIZE)(self._encode_profile_uncached)
+        # Large catalogues: candidates from the ANN index built with the bundle, scored exactly after.
+        self.ann = ItemIndex.load(self.path / "index") if (self.path / "index").is_dir() else None
         self.token_ranker, self.token_config, self.candidate_states = None, None, None
         if (self.path / "token_ranker").is_dir():
             self.token_ranker, self.token_config = load_token_ranker(self.path / "token_ranker", self.device)
@@ -171,10 +174,12 @@ class Recommender:
 
     # --- API ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def retrieve_scores_batch(self, queries: Sequence[RecommendQuery]) -> np.ndarray:
-        """``[len(queries), n_items]`` cosine scores: the user tower over each history (all windows in
-        one forward pass) and/or the text encoder's similarity of each free-text query with the items."""
-        total = torch.zeros(len(queries), len(self.items), device=self.device)
+    def _query_vectors(
+        self, queries: Sequence[RecommendQuery]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``[n_queries, dim]`` user-tower vectors (zero rows for queries without one) and sentence
+        embeddings of the free-text queries (likewise), or None when no query has that part."""
+        users, texts = None, None
         tower = [i for i, q in enumerate(queries) if q.history or q.query is None]
         if tower:
             batch = {
@@ -184,12 +189,58 @@ class Recommender:
             batch["profile_states"] = torch.stack(
                 [self._profile_state(queries[i].profile, self.retriever) for i in tower]
             )
-            total[tower] += self.retriever.user_vectors(batch, self.item_vectors_raw) @ self.item_vectors.T
-        texts = [i for i, q in enumerate(queries) if q.query]
-        if texts:
-            encoded = self.encoder.encode([queries[i].query for i in texts], max_length=64).to(self.device)
-            total[texts] += encoded @ self.segment_cache.item_states.to(self.device).T
+            vectors = self.retriever.user_vectors(batch, self.item_vectors_raw)
+            users = vectors.new_zeros(len(queries), vectors.shape[1])
+            users[tower] = vectors
+        asked = [i for i, q in enumerate(queries) if q.query]
+        if asked:
+            encoded = self.encoder.encode([queries[i].query for i in asked], max_length=64).to(self.device)
+            texts = encoded.new_zeros(len(queries), encoded.shape[1])
+            texts[asked] = encoded
+        return users, texts
+
+    @torch.no_grad()
+    def retrieve_scores_batch(self, queries: Sequence[RecommendQuery]) -> np.ndarray:
+        """``[len(queries), n_items]`` cosine scores, exact over the whole catalogue: the user tower over
+        each history (all windows in one forward pass) plus the text encoder's similarity of each
+        free-text query with the items."""
+        users, texts = self._query_vectors(queries)
+        total = torch.zeros(len(queries), len(self.items), device=self.device)
+        if users is not None:
+            total += users @ self.item_vectors.T
+        if texts is not None:
+            total += texts @ self.segment_cache.item_states.to(self.device).T
         return total.cpu().numpy()
+
+    @torch.no_grad()
+    def _candidates(
+        self, queries: Sequence[RecommendQuery], needed: Sequence[int]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query ``(item indices, scores)`` to pick its top from: the whole catalogue when it is
+        scanned exactly; otherwise the ANN index's ``needed`` best items for the query (its tower and
+        text vectors concatenated, as the index's items are), scored exactly as the full scan would."""
+        if self.ann is None:
+            every = np.arange(len(self.items))
+            return [(every, row) for row in self.retrieve_scores_batch(queries)]
+        users, texts = self._query_vectors(queries)
+        width = self.ann.info["parts"]
+        joined = torch.zeros(len(queries), sum(width))
+        if users is not None:
+            joined[:, : width[0]] = users.float().cpu()
+        if texts is not None:
+            joined[:, width[0] :] = texts.float().cpu()
+        out = []
+        for i, n in enumerate(needed):
+            _, found = self.ann.search(joined[i : i + 1].numpy(), n)
+            idx = found[0][found[0] >= 0]
+            pick = torch.from_numpy(idx).to(self.device)
+            scores = torch.zeros(len(idx), device=self.device)
+            if users is not None:
+                scores += self.item_vectors[pick] @ users[i]
+            if texts is not None:
+                scores += self.segment_cache.item_states[pick].to(self.device) @ texts[i]
+            out.append((idx, scores.cpu().numpy()))
+        return out
 
     def retrieve_scores(
         self, history: list[HistoryEvent], profile: Profile | None = None, query: str | None = None
@@ -287,25 +338,28 @@ class Recommender:
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[list[Scored]]:
-        """Top-``k`` per query: retrieval over the whole catalogue, then the ranker re-scores the top
-        ``rerank`` of each history-only query. All queries share one retrieval and one ranking pass."""
-        scores = self.retrieve_scores_batch(queries)
+        """Top-``k`` per query: retrieval over the catalogue (every item, or the ANN index's candidates
+        past ``IndexConfig.exact_below`` items), then the ranker re-scores the top ``rerank`` of each
+        history-only query. All queries share one retrieval and one ranking pass."""
+        needed = [max(q.k, q.rerank) + (len(q.history) if q.exclude_seen else 0) for q in queries]
+        candidates = self._candidates(queries, needed)
         pools, jobs, ranked = [], [], []
-        for q, row in zip(queries, scores, strict=True):
+        for q, (idx, row) in zip(queries, candidates, strict=True):
             if q.exclude_seen and q.history:
-                row[self._indices([e.item_id for e in q.history])] = -np.inf
-            pool = np.argsort(-row, kind="stable")[: max(q.k, q.rerank)]
-            pools.append(pool[np.isfinite(row[pool])])
-            if q.rerank and q.history and not q.query and len(pools[-1]):
+                row = np.where(np.isin(idx, self._indices([e.item_id for e in q.history])), -np.inf, row)
+            order = np.argsort(-row, kind="stable")[: max(q.k, q.rerank)]
+            order = order[np.isfinite(row[order])]
+            pools.append((idx[order], row[order]))
+            if q.rerank and q.history and not q.query and len(order):
                 ranked.append(len(pools) - 1)
                 jobs.append(
-                    RankJob(q.history, self.item_ids[pools[-1]].tolist(), q.profile, q.history[-1].ts)
+                    RankJob(q.history, self.item_ids[idx[order]].tolist(), q.profile, q.history[-1].ts)
                 )
-        finals = [scores[i][pool] for i, pool in enumerate(pools)]
+        finals = [scores for _, scores in pools]
         for i, probs in zip(ranked, self.rank_batch(jobs), strict=True):
             finals[i] = probs
         out = []
-        for q, pool, final in zip(queries, pools, finals, strict=True):
+        for q, (pool, _), final in zip(queries, pools, finals, strict=True):
             order = np.argsort(-final, kind="stable")[: q.k]
             out.append(
                 [
@@ -329,11 +383,19 @@ class Recommender:
         return self.recommend_batch([RecommendQuery(history, k, profile, query, rerank, exclude_seen)])[0]
 
     def similar_items(self, item_id: str, k: int = 10) -> list[Scored]:
+        """The ``k`` items whose retriever vectors are closest to this item's (the ANN index, with the
+        text part of the query left at zero, on large catalogues)."""
         idx = int(self._indices([item_id])[0])
-        sims = (self.item_vectors @ self.item_vectors[idx]).cpu().numpy()
-        sims[idx] = -np.inf
-        order = np.argsort(-sims, kind="stable")[:k]
-        return [Scored(str(self.item_ids[i]), str(self.titles[i]), float(sims[i])) for i in order]
+        if self.ann is None:
+            sims = (self.item_vectors @ self.item_vectors[idx]).cpu().numpy()
+            sims[idx] = -np.inf
+            order = np.argsort(-sims, kind="stable")[:k]
+            return [Scored(str(self.item_ids[i]), str(self.titles[i]), float(sims[i])) for i in order]
+        query = torch.zeros(1, sum(self.ann.info["parts"]))
+        query[0, : self.item_vectors.shape[1]] = self.item_vectors[idx].float().cpu()
+        scores, found = self.ann.search(query.numpy(), k + 1)
+        keep = [(int(i), float(s)) for i, s in zip(found[0], scores[0], strict=True) if i >= 0 and i != idx]
+        return [Scored(str(self.item_ids[i]), str(self.titles[i]), s) for i, s in keep[:k]]
 
     def behaviour_text(
         self, history: list[HistoryEvent], item_id: str, profile: Profile | None = None

@@ -4,12 +4,19 @@ CUDA is picked automatically (bf16 autocast there; fp32 on CPU, where bf16 is sl
 gradient accumulation, evaluation every N steps and early stopping on a validation metric, the best
 weights kept, a checkpoint after every evaluation that a killed run resumes from, seeds, a tqdm
 progress bar and metrics appended to ``metrics.jsonl`` for the pipeline to read.
+
+The same loop runs unchanged under ``accelerate launch --num_processes N`` (DDP: NCCL on GPUs, gloo on
+CPUs; see docs/scaling.md): each process draws its own batches, gradients are averaged across
+processes, the main process alone evaluates and writes files, and every decision that could differ
+between processes (the clock behind the time budget and the learning-rate schedule, the validation
+metric) is taken on the main process and broadcast.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,11 +25,16 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    broadcast_object_list,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from m6rec.files import staged
+from m6rec.files import replace_folder, staged
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module], Mapping[str, float]]
@@ -83,6 +95,19 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+class _LossModule(torch.nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``: DDP averages gradients through hooks armed by its
+    wrapper's ``forward``, so the loss must be computed through a module call, whatever method of the
+    model computes it."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
 class Trainer:
     """Runs ``loss_fn(model, batch)`` over ``train_loader`` (cycled) until ``max_steps``, early stopping
     or the time budget; ``eval_fn(model)`` returns validation metrics including ``config.metric``."""
@@ -104,10 +129,17 @@ class Trainer:
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         # A seedable sampler reshuffles by (seed, epoch), so a resumed run sees the same batches.
         self.accelerator = Accelerator(
+            # Without CUDA, processes started by `accelerate launch` / torchrun join one gloo group
+            # (accelerate forms a CPU group only when told the job is on CPUs).
+            cpu=not torch.cuda.is_available(),
             mixed_precision=precision,
             gradient_accumulation_steps=config.grad_accum,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            # Some models hold weights a given loss does not touch (e.g. heads used only in serving).
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        if not self.accelerator.is_main_process:
+            self.log = lambda _: None
         set_seed(config.seed)
         optimizer = torch.optim.AdamW(
             _trainable(model.parameters() if params is None else params),
@@ -123,8 +155,9 @@ class Trainer:
             # has none; a resumed run starts one mid-epoch where the uninterrupted run did not, so with the
             # global RNG its dropout masks (and every other random draw) would shift from there on.
             train_loader.generator = torch.Generator().manual_seed(config.seed)
+        self.trained_model = model  # the model itself (``self.model`` is its prepared loss wrapper)
         self.model, self.optimizer, self.train_loader, self.scheduler = self.accelerator.prepare(
-            model, optimizer, train_loader, scheduler
+            _LossModule(model, loss_fn), optimizer, train_loader, scheduler
         )
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -147,8 +180,7 @@ class Trainer:
         if cfg.lr_decay == "linear":
             done = step / max(cfg.max_steps, 1)
             if cfg.max_seconds and self._clock is not None:
-                start, before = self._clock
-                done = max(done, (before + time.perf_counter() - start) / cfg.max_seconds)
+                done = max(done, self._elapsed() / cfg.max_seconds)
             factor *= max(0.0, 1.0 - done)
         return factor
 
@@ -156,15 +188,43 @@ class Trainer:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _from_main(self, value: Any) -> Any:
+        """The main process's ``value`` on every process (itself when there is one process)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far (including before a resume) by the main process's clock."""
+        start, before = (
+            self._clock if self._clock is not None else (time.perf_counter(), self.state["seconds"])
+        )
+        return self._from_main(before + time.perf_counter() - start)
+
     # --- checkpoints -------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        with staged(self.out / "checkpoint") as tmp:
-            self.accelerator.save_state(str(tmp), safe_serialization=False)
+        """Every process writes its part (its RNG state; the main one the weights and optimiser) into
+        one folder, which the main process then swaps in whole: a kill leaves the last checkpoint."""
+        tmp = self.out / "checkpoint.tmp-saving"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp), safe_serialization=False)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
             (tmp / "trainer_state.json").write_text(json.dumps(self.state))
+            replace_folder(tmp, self.out / "checkpoint")
+        self.accelerator.wait_for_everyone()
 
     def _save_best(self) -> None:
-        with staged(self.out / "best.pt") as tmp:
-            torch.save(self.accelerator.unwrap_model(self.model).state_dict(), tmp)
+        if self.is_main:
+            with staged(self.out / "best.pt") as tmp:
+                torch.save(self.trained_model.state_dict(), tmp)
+        self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> bool:
         ckpt = self.out / "checkpoint"
@@ -177,11 +237,14 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
-        self.model.eval()
-        with torch.no_grad():
-            metrics = dict(self.eval_fn(self.accelerator.unwrap_model(self.model)))
-        self.model.train()
-        return metrics
+        """Validation metrics, computed by the main process (the weights are the same on every one)."""
+        metrics = None
+        if self.is_main:
+            self.model.eval()
+            with torch.no_grad():
+                metrics = dict(self.eval_fn(self.trained_model))
+            self.model.train()
+        return self._from_main(metrics)
 
     def _batches(self):
         """Cycle over epochs; after a resume, skip the batches of the interrupted epoch already seen."""
@@ -200,14 +263,19 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.config
         self._maybe_resume()
-        if self.state["step"] == 0 and self.state["best_metric"] is None:
+        if self.state["step"] == 0 and self.state["best_metric"] is None and self.is_main:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         start, elapsed_before = time.perf_counter(), self.state["seconds"]
         self._clock = (start, elapsed_before)
         history: list[dict[str, float]] = []
         stopped = "max_steps"
         self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=self.state["step"], disable=not cfg.progress, desc="train")
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.state["step"],
+            disable=not (cfg.progress and self.is_main),
+            desc="train",
+        )
         running, seen = 0.0, 0
         batches = self._batches()
         while self.state["step"] < cfg.max_steps:
@@ -215,7 +283,7 @@ class Trainer:
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
                 with self.accelerator.accumulate(self.model), self.accelerator.autocast():
-                    loss = self.loss_fn(self.model, batch)
+                    loss = self.model(batch)
                     self.accelerator.backward(loss)
                     if cfg.max_grad_norm and self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -230,7 +298,7 @@ class Trainer:
             bar.update(1)
             step = self.state["step"]
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                self.state["seconds"] = elapsed_before + time.perf_counter() - start
+                self.state["seconds"] = self._elapsed()
                 metrics = self._evaluate()
                 value = metrics[cfg.metric]
                 record = {
@@ -242,8 +310,9 @@ class Trainer:
                 }
                 running, seen = 0.0, 0
                 history.append(record)
-                with open(self.out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                if self.is_main:
+                    with open(self.out / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps(record) + "\n")
                 best = self.state["best_metric"]
                 if best is None or _better(value, best, cfg.mode):
                     self.state.update(best_metric=value, best_step=step, bad_evals=0)
@@ -267,7 +336,7 @@ class Trainer:
                     stopped = "time_budget"
                     break
         bar.close()
-        self.state["seconds"] = elapsed_before + time.perf_counter() - start
+        self.state["seconds"] = self._elapsed()
         self.load_best()
         best_metric = self.state["best_metric"]
         return TrainResult(
@@ -284,9 +353,7 @@ class Trainer:
     def load_best(self) -> None:
         best = self.out / "best.pt"
         if best.exists():
-            self.accelerator.unwrap_model(self.model).load_state_dict(
-                torch.load(best, map_location=self.device, weights_only=True)
-            )
+            self.trained_model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
 
 
 def result_metadata(

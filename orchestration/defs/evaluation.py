@@ -14,6 +14,7 @@ from m6rec.models.backbones import load_causal_lm, pick_device
 from m6rec.models.late_interaction import load_token_ranker
 from m6rec.models.registry import parameter_counts
 from m6rec.serving.bundle import save_bundle
+from m6rec.serving.item_index import IndexConfig
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
     CANDIDATE,
@@ -149,8 +150,9 @@ def item_index(
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
     """The candidate bundle: the winning retriever and CTR model of the evaluation, their cached segment
-    states and item-tower embeddings for every catalogue item, the encoder (and the explainer), the
-    evaluation report and model card, in one folder the service loads."""
+    states and item-tower embeddings for every catalogue item, the ANN index over them when the catalogue
+    has ``ann_exact_below`` items or more, the encoder (and the explainer), the evaluation report and
+    model card, in one folder the service loads."""
     model_settings.apply_threads()
     data = load_rec_data(warehouse.database)
     encoder = model_settings.load_encoder()
@@ -181,6 +183,7 @@ def item_index(
         metrics=evaluation,
         explainer_dir=artifacts.path(EXPLAINER) if artifacts.exists(EXPLAINER) else None,
         token_ranker_dir=artifacts.path(TOKEN_RANKER) if token_serves else None,
+        index_config=IndexConfig(exact_below=model_settings.ann_exact_below),
     )
     manifest = artifacts.read_json(f"{CANDIDATE}/manifest.json")
     manifest["profile"] = model_settings.resolved().name
@@ -188,15 +191,18 @@ def item_index(
     artifacts.write(f"{CANDIDATE}/evaluation.json", json.dumps(evaluation, indent=2, default=float))
     artifacts.write(f"{CANDIDATE}/{MODEL_CARD}", offline.model_card(report, manifest))
     artifacts.write(f"{CANDIDATE}/manifest.json", json.dumps(manifest, indent=2, default=float))
-    vectors = chosen["retriever"][1].item_vectors().detach().cpu().numpy()
-    with artifacts.replace(f"{CANDIDATE}/item_index.npy") as tmp, tmp.open("wb") as out:
-        np.save(out, vectors)
+    ann = manifest["item_index"]["ann"]
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return dg.MaterializeResult(
         metadata={
             "path": str(path),
-            "items": vectors.shape[0],
-            "dim": vectors.shape[1],
+            "items": manifest["n_items"],
+            "retrieval": "exact scan" if ann is None else f"ANN ({ann['kind']}, {ann['library']})",
+            **(
+                {}
+                if ann is None
+                else {f"ann_{k}": ann[k] for k in ("effort", "recall_at_10", "build_seconds")}
+            ),
             "bundle_mb": round(size / 2**20, 1),
             "serving_retrieval": serving["retrieval"],
             "serving_ctr": serving["ctr"],

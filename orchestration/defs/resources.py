@@ -113,6 +113,9 @@ class ModelSettings(dg.ConfigurableResource):
     # The causal LM bundled for explanations: "auto" (tiny for smoke, SmolLM2 otherwise), "none", or
     # any HF checkpoint folder / hub id / GGUF.
     explainer: str = "auto"
+    # Catalogues of this many items or more are served from an ANN graph built into the bundle
+    # (m6rec.serving.item_index); smaller ones are scanned exactly.
+    ann_exact_below: int = 50_000
 
     def apply_threads(self) -> None:
         import torch

@@ -78,8 +78,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, kw: dict) -
     second = _trainer(tmp_path / "resumed", 40, **kw)
     result = second.fit()
     assert result.steps == 40
-    a = straight.accelerator.unwrap_model(straight.model).weight
-    b = second.accelerator.unwrap_model(second.model).weight
+    a = straight.trained_model.weight
+    b = second.trained_model.weight
     torch.testing.assert_close(a, b)
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 30, 40]

@@ -1,0 +1,167 @@
+"""ANN library choice: FAISS HNSW, FAISS IVF-Flat and hnswlib on the same vectors, at 10⁵ and 10⁶ items.
+
+Each index is tuned the way ``m6rec.serving.item_index`` tunes its graph: the search effort (efSearch,
+nprobe, ef) is raised until recall@10 against the exact scan reaches 0.97 on 1,000 seeded probe
+queries (means of 1–5 items, as user vectors are); the reported recall is then measured on 1,000
+*other* queries, with one-query latency percentiles on one thread (what one request pays).
+
+Vectors: 640 dimensions, the width of the served graph (the retriever's 256 + the sentence
+embedding's 384), drawn around 2,000 seeded centres and unit-normalised per part. Synthetic: encoding
+10⁶ real item texts takes ~2 hours on this 2-core CPU (7 ms a text through MiniLM), so this measures
+the libraries, not m6rec's item geometry; the served bundle records its own recall on its own items
+(``manifest.json["item_index"]["graph"]``).
+
+Usage: python bench/ann.py [--sizes 100000 1000000] [--out bench/results/ann.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from m6rec.serving.item_index import exact_top_k, probe_queries, recall_at_k
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = (256, 384)
+TARGET = 0.97
+EFFORTS = (16, 32, 64, 128, 256, 512)
+
+
+def catalogue(n: int, seed: int = 0) -> np.ndarray:
+    """Unit-per-part vectors around 2,000 centres (clusters of similar items: genres, series, eras)."""
+    rng = np.random.default_rng(seed)
+    dim = sum(PARTS)
+    centres = rng.normal(size=(2000, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for lo in range(0, n, 100_000):
+        hi = min(n, lo + 100_000)
+        out[lo:hi] = centres[rng.integers(0, 2000, hi - lo)] + 0.8 * rng.normal(size=(hi - lo, dim))
+    start = 0
+    for width in PARTS:
+        block = out[:, start : start + width]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        start += width
+    return out
+
+
+def faiss_hnsw(vectors: np.ndarray) -> tuple[Callable, Callable]:
+    index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 100
+    index.add(vectors)
+
+    def set_effort(e: int) -> None:
+        index.hnsw.efSearch = e
+
+    return set_effort, lambda q, k: index.search(q, k)[1]
+
+
+def faiss_ivf(vectors: np.ndarray) -> tuple[Callable, Callable]:
+    nlist = int(4 * np.sqrt(len(vectors)))
+    quantizer = faiss.IndexFlatIP(vectors.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors[
+        np.random.default_rng(0).choice(len(vectors), min(len(vectors), 50 * nlist), replace=False)
+    ]
+    index.train(sample)
+    index.add(vectors)
+
+    def set_effort(e: int) -> None:
+        index.nprobe = e
+
+    return set_effort, lambda q, k: index.search(q, k)[1]
+
+
+def hnswlib_hnsw(vectors: np.ndarray) -> tuple[Callable, Callable]:
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+    index.init_index(max_elements=len(vectors), M=32, ef_construction=100, random_seed=0)
+    index.add_items(vectors, np.arange(len(vectors)), num_threads=os.cpu_count() or 1)
+    index.set_num_threads(1)
+
+    def set_effort(e: int) -> None:
+        index.set_ef(max(e, 10))
+
+    return set_effort, lambda q, k: index.knn_query(q, k=k)[0]
+
+
+LIBRARIES = {
+    "faiss HNSW (M=32)": faiss_hnsw,
+    "faiss IVF-Flat": faiss_ivf,
+    "hnswlib HNSW (M=32)": hnswlib_hnsw,
+}
+
+
+def measure(name: str, vectors: np.ndarray, tune: np.ndarray, test: np.ndarray) -> dict:
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # building uses every core
+    start = time.perf_counter()
+    set_effort, search = LIBRARIES[name](vectors)
+    build = time.perf_counter() - start
+    faiss.omp_set_num_threads(1)  # a request searches on one thread
+    truth_tune, truth_test = exact_top_k(vectors, tune, 10), exact_top_k(vectors, test, 10)
+    for effort in EFFORTS:
+        set_effort(effort)
+        if recall_at_k(search(tune, 10), truth_tune) >= TARGET:
+            break
+    latencies = []
+    for q in test[:300]:
+        t = time.perf_counter()
+        search(q[None], 60)  # what recommend asks for: max(k, rerank) + a 10-item history
+        latencies.append((time.perf_counter() - t) * 1000)
+    return {
+        "build_seconds": round(build, 1),
+        "effort": effort,
+        "recall_at_10": round(recall_at_k(search(test, 10), truth_test), 4),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (hosts differ between sessions; numbers are only comparable on one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ann.json"))
+    args = parser.parse_args()
+    results = []
+    for n in args.sizes:
+        vectors = catalogue(n)
+        tune = probe_queries(vectors, 1000, seed=1, parts=PARTS)
+        test = probe_queries(vectors, 1000, seed=2, parts=PARTS)
+        row = {"items": n, "dim": int(vectors.shape[1]), "libraries": {}}
+        for name in args.libraries:
+            row["libraries"][name] = measure(name, vectors, tune, test)
+            print(n, name, row["libraries"][name], flush=True)
+        results.append(row)
+    out = {
+        "command": "python bench/ann.py --sizes " + " ".join(map(str, args.sizes)),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "target_recall": TARGET,
+        "runs": results,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
