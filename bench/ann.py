@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
+from bench_common import cpu_model
 
 from m6rec.serving.item_index import exact_top_k, probe_queries, recall_at_k
 
@@ -123,17 +123,6 @@ def measure(name: str, vectors: np.ndarray, tune: np.ndarray, test: np.ndarray) 
         "p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (hosts differ between sessions; numbers are only comparable on one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ Writes bench/results/serving_load.json (or --out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -28,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -90,6 +92,52 @@ def run(url: str, bodies: list, concurrency: int) -> dict:
     }
 
 
+@contextlib.contextmanager
+def serve_bento(
+    home: Path, *, threads: int | None = None, workers: int | None = None, autocast: str = "off"
+) -> Iterator[str]:
+    """``bentoml serve m6rec:latest`` from the store at ``home`` on a free localhost port, with the
+    service's own defaults unless ``threads`` / ``workers`` are given; yields its base URL once
+    ``/readyz`` answers and stops it on exit."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("M6REC_TORCH_THREADS", "M6REC_WORKERS")},
+        "BENTOML_HOME": str(home),
+        "M6REC_AUTOCAST": autocast,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    if threads is not None:
+        env["M6REC_TORCH_THREADS"] = str(threads)
+    if workers is not None:
+        env["M6REC_WORKERS"] = str(workers)
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    proc = subprocess.Popen(
+        [bentoml, "serve", "m6rec:latest", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600  # a large catalogue takes minutes to load
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {proc.returncode} before it was ready")
+            time.sleep(1)
+        else:
+            raise RuntimeError("the Bento did not become ready in 600 s")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
@@ -105,34 +153,6 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(os.environ.get("BENTOML_HOME", REPO / "data" / "bentoml"))
     items = pd.read_parquet(REPO / "data" / "artifacts" / "champion" / "items.parquet")["item_id"].tolist()
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("M6REC_TORCH_THREADS", "M6REC_WORKERS")},
-        "BENTOML_HOME": str(home),
-        "M6REC_AUTOCAST": args.autocast,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    # Unset: the service's own defaults, as `make serve` runs it.
-    if args.threads is not None:
-        env["M6REC_TORCH_THREADS"] = str(args.threads)
-    if args.workers is not None:
-        env["M6REC_WORKERS"] = str(args.workers)
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "bentoml"),
-            "serve",
-            "m6rec:latest",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     report = {
         "command": "python bench/serving_load.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count()},
@@ -141,17 +161,7 @@ def main() -> None:
         "service_autocast": args.autocast,
         "runs": [],
     }
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError("the Bento did not become ready in 180 s")
+    with serve_bento(home, threads=args.threads, workers=args.workers, autocast=args.autocast) as base:
         variants = [
             ("recommend", 50, "off"),
             ("recommend_batch", 50, "on"),
@@ -170,9 +180,6 @@ def main() -> None:
         soak = run(f"{base}/recommend", payloads(items, "recommend", args.soak, seed=2), 32)
         report["soak"] = {"endpoint": "recommend", **soak}
         print("soak", soak, flush=True)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -8,7 +8,7 @@ for the zero-shot evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,9 +46,15 @@ def _sequences(frame: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
 
 
 def build_eval_inputs(
-    splits: pd.DataFrame, n_items: int, item_index: Mapping[str, int], split: str = "test"
+    splits: pd.DataFrame,
+    n_items: int,
+    item_index: Mapping[str, int],
+    split: str = "test",
+    users: Collection[str] | None = None,
 ) -> EvalInputs:
-    """Build histories, targets and train sequences from ``marts.splits`` rows for ``split``.
+    """Build histories, targets and train sequences from ``marts.splits`` rows for ``split``; with
+    ``users``, only those users' targets are ranked (a sampled evaluation; fitting still sees every
+    user's train events).
 
     ``splits`` needs columns user_id, item_id, position and split; ``item_index`` maps item_id to
     item_idx in [0, n_items). Unknown items fail loudly rather than being dropped, because a silently
@@ -72,6 +78,8 @@ def build_eval_inputs(
     frame = frame.sort_values(["user_id", "position"], kind="stable")
 
     target_rows = frame[frame["split"] == split]
+    if users is not None:
+        target_rows = target_rows[target_rows["user_id"].isin(set(users))]
     if target_rows["user_id"].duplicated().any():
         raise ValueError(f"some users have more than one {split!r} event; expected leave-one-out splits")
     targets = dict(zip(target_rows["user_id"], target_rows["item_idx"].astype(np.int64), strict=True))

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from m6rec.data.marts import RecData
-from m6rec.evaluation.metrics import ctr_metrics
+from m6rec.evaluation.metrics import ctr_metrics, sample_users
 from m6rec.evaluation.offline import GATE_METRICS
 from m6rec.serving.recommender import HistoryEvent, RankJob, Recommender, RecommendQuery
 from m6rec.text.textify import Profile
@@ -59,11 +59,15 @@ def _rating(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def valid_retrieval_events(data: RecData, known: set[str]) -> list[tuple[str, list[HistoryEvent], str]]:
-    """``(user, train history, target)`` of every valid event whose target both bundles know; history
-    events of items outside ``known`` are dropped (the same history for both models)."""
+def valid_retrieval_events(
+    data: RecData, known: set[str], users: set[str] | None = None
+) -> list[tuple[str, list[HistoryEvent], str]]:
+    """``(user, train history, target)`` of every valid event (of ``users``, when given) whose target
+    both bundles know; history events of items outside ``known`` are dropped (the same history for both
+    models)."""
     out = []
-    for user_id, events in data.events.groupby("user_id", sort=False):
+    frame = data.events if users is None else data.events[data.events["user_id"].astype(str).isin(users)]
+    for user_id, events in frame.groupby("user_id", sort=False):
         valid = events[events["split"] == "valid"]
         if valid.empty or valid["item_id"].iloc[0] not in known:
             continue
@@ -137,15 +141,23 @@ def evaluate_same_data(
     data: RecData,
     ctr_examples: pd.DataFrame,
     log: Callable[[str], None] = lambda _: None,
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> SameDataEvaluation:
     """Both bundles' gated metrics (:data:`~m6rec.evaluation.offline.GATE_METRICS`) on the current valid
-    split, over the events and candidate items both of them know."""
+    split, over the events and candidate items both of them know; with ``max_users``, on a seeded sample
+    of that many users (coverage is then counted within the sample)."""
     current = [str(i) for i in data.items["item_id"]]
     known = set(current) & set(map(str, champion.index)) & set(map(str, challenger.index))
     candidates = [i for i in current if i in known]
     profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
-    events = valid_retrieval_events(data, known)
-    all_valid = int((data.events["split"] == "valid").sum())
+    valid = data.events[data.events["split"] == "valid"]
+    users = sample_users(valid["user_id"].astype(str), max_users, seed)
+    if users is not None:
+        valid = valid[valid["user_id"].astype(str).isin(users)]
+        ctr_examples = ctr_examples[ctr_examples["user_id"].astype(str).isin(users)]
+    events = valid_retrieval_events(data, known, users)
+    all_valid = len(valid)
     result = SameDataEvaluation(
         events=len(events),
         coverage=len(events) / all_valid if all_valid else 0.0,

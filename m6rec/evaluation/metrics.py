@@ -7,7 +7,7 @@ stable sort would, so a constant scorer cannot look good by luck.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -114,6 +114,23 @@ def rank_of_targets(
     return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
 
+def ranks_in_chunks(
+    score_rows: Callable[[int, int], Scores],
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+    chunk: int = 1024,
+) -> np.ndarray:
+    """:func:`rank_of_targets` for rows scored ``chunk`` at a time by ``score_rows(start, stop)``:
+    memory stays at ``chunk × n_items`` scores however many users are ranked."""
+    ranks = [
+        rank_of_targets(
+            score_rows(i, min(i + chunk, len(targets))), targets[i : i + chunk], exclude[i : i + chunk]
+        )
+        for i in range(0, len(targets), chunk)
+    ]
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+
 def topk(scores: Scores, k: int, exclude: Exclusion = None, chunk_size: int = 1024) -> np.ndarray:
     """Top-``k`` item indices per row, best first, history excluded, ties by item index.
 
@@ -163,6 +180,23 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str
     if "mrr@10" not in out:
         out["mrr@10"] = float(np.where(ranks <= 10, 1.0 / ranks, 0.0).mean())
     return out
+
+
+def ndcg_ci95(ranks: np.ndarray, k: int = 10) -> float:
+    """Half-width of the normal 95% confidence interval of mean NDCG@k over the evaluated users: what a
+    sampled evaluation can tell apart."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    gains = np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+    return float(1.96 * gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
+
+
+def sample_users(user_ids: Sequence[str], max_users: int | None, seed: int = 0) -> set[str] | None:
+    """A seeded sample of ``max_users`` of ``user_ids`` (every model of a run is evaluated on the same
+    one), or None (all of them) when there are no more than that."""
+    unique = np.unique(np.asarray(user_ids, dtype=str))
+    if max_users is None or len(unique) <= max_users:
+        return None
+    return set(np.random.default_rng(seed).choice(unique, size=max_users, replace=False).tolist())
 
 
 def _group_auc(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> float:

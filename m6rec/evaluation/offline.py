@@ -24,9 +24,12 @@ from m6rec.evaluation.metrics import (
     catalogue_coverage,
     ctr_metrics,
     intra_list_diversity,
+    ndcg_ci95,
     novelty,
     rank_of_targets,
     ranking_metrics,
+    ranks_in_chunks,
+    sample_users,
     topk,
 )
 from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline
@@ -37,7 +40,7 @@ from m6rec.models.late_interaction import (
     predict_token_ctr,
 )
 from m6rec.models.ranking import ctr_tensors, predict_ctr
-from m6rec.models.retrieval import evaluate_retrieval, query_windows, score_windows
+from m6rec.models.retrieval import EVAL_CHUNK, evaluate_retrieval, query_windows, score_windows
 from m6rec.text.textify import TextStyle
 
 KS = (10, 20, 50)
@@ -156,12 +159,27 @@ def genre_features(data: RecData) -> np.ndarray:
 
 
 def ranking_report(
-    scores: np.ndarray, targets: np.ndarray, exclude: list[np.ndarray], data: RecData, features: np.ndarray
+    score_rows: Callable[[int, int], np.ndarray],
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+    data: RecData,
+    features: np.ndarray,
+    chunk: int = EVAL_CHUNK,
 ) -> tuple[dict[str, float], list[float], list[int]]:
-    """Accuracy and beyond-accuracy metrics, the NDCG@1..50 curve and the top-10 popularity ranks."""
-    ranks = rank_of_targets(scores, targets, exclude)
+    """Accuracy and beyond-accuracy metrics (with the number of users and the 95% interval of
+    NDCG@10), the NDCG@1..50 curve and the top-10 popularity ranks. ``score_rows(start, stop)`` scores
+    users ``start..stop-1`` over the catalogue; ``chunk`` users at a time keeps memory at
+    ``chunk × n_items`` scores."""
+    ranks, top = [], []
+    for start in range(0, len(targets), chunk):
+        stop = min(start + chunk, len(targets))
+        scores = score_rows(start, stop)
+        ranks.append(rank_of_targets(scores, targets[start:stop], exclude[start:stop]))
+        top.append(topk(scores, 10, exclude[start:stop]))
+    ranks = np.concatenate(ranks)
+    lists = np.concatenate(top)
     metrics = ranking_metrics(ranks, KS)
-    lists = topk(scores, 10, exclude)
+    metrics.update({"users": len(ranks), "ndcg@10_ci95": ndcg_ci95(ranks)})
     counts = data.items["n_train_interactions"].to_numpy()
     metrics.update(
         {
@@ -183,7 +201,9 @@ def tune_itemknn(valid: EvalInputs, grid: Sequence[dict[str, float]] = ITEMKNN_G
         model = ItemKNN(k=int(params["k"]), shrink=float(params["shrink"])).fit(
             valid.train_sequences, valid.n_items
         )
-        ranks = rank_of_targets(model.score(valid.histories), valid.targets, valid.histories)
+        ranks = ranks_in_chunks(
+            lambda a, b, model=model: model.score(valid.histories[a:b]), valid.targets, valid.histories
+        )
         ndcg = ranking_metrics(ranks)["ndcg@10"]
         if ndcg > best_ndcg:
             best, best_ndcg = params, ndcg
@@ -202,9 +222,13 @@ def evaluate(
     style: TextStyle | None = None,
     extra_ctr: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     log: Callable[[str], None] = lambda _: None,
+    max_eval_users: int | None = None,
+    seed: int = 0,
 ) -> EvaluationReport:
     """Every m6rec retriever and CTR model (by row name) beside the baselines of the same run, on the
     same split; the best m6rec model per task on valid is the one that serves (``report.serving``).
+    ``max_eval_users``: retrieval is ranked for a seeded sample of that many users (the same for every
+    row; each row reports ``users`` and ``ndcg@10_ci95``) instead of all of them.
     ``token_ranker`` (with the ``style`` it was trained on) adds its CTR row; ``extra_ctr`` adds rows
     scored elsewhere as ``(labels, probabilities)`` on their own test examples (e.g. the explainer LM's
     Yes/No answers on a sample)."""
@@ -212,22 +236,38 @@ def evaluate(
     features = genre_features(data)
     report.valid = {"retrieval": {}, "ctr": {}}
     report.valid_baselines = {"retrieval": {}, "ctr": {}}
+    users = {
+        split: sample_users(data.holdout(split)["user_id"].astype(str), max_eval_users, seed)
+        for split in ("valid", "test")
+    }
     for name, model in retrievers.items():
         start = time.perf_counter()
-        windows, targets, exclude = query_windows(data, "test", model.config.max_len)
-        metrics, curve, pop = ranking_report(score_windows(model, windows), targets, exclude, data, features)
+        windows, targets, exclude = query_windows(data, "test", model.config.max_len, users["test"])
+        metrics, curve, pop = ranking_report(
+            lambda a, b, model=model, windows=windows: score_windows(model, windows[a:b]),
+            targets,
+            exclude,
+            data,
+            features,
+        )
         report.retrieval[name], report.ndcg_curves[name], report.top10_popularity[name] = metrics, curve, pop
-        report.valid["retrieval"][name] = evaluate_retrieval(model, data, "valid")["ndcg@10"]
+        report.valid["retrieval"][name] = evaluate_retrieval(model, data, "valid", users=users["valid"])[
+            "ndcg@10"
+        ]
         report.seconds[name] = time.perf_counter() - start
         log(f"{name}: ndcg@10={metrics['ndcg@10']:.4f} (valid {report.valid['retrieval'][name]:.4f})")
-    test = build_eval_inputs(data.events, data.n_items, data.item_index, "test")
-    valid = build_eval_inputs(data.events, data.n_items, data.item_index, "valid")
+    test = build_eval_inputs(data.events, data.n_items, data.item_index, "test", users["test"])
+    valid = build_eval_inputs(data.events, data.n_items, data.item_index, "valid", users["valid"])
     for key in baselines:
         t0 = time.perf_counter()
         if key == "pop":
             label, model = "Pop", Popularity().fit(test.train_sequences, data.n_items)
             on_valid = Popularity().fit(valid.train_sequences, data.n_items)
-            ranks = rank_of_targets(on_valid.score(valid.histories), valid.targets, valid.histories)
+            ranks = ranks_in_chunks(
+                lambda a, b, on_valid=on_valid: on_valid.score(valid.histories[a:b]),
+                valid.targets,
+                valid.histories,
+            )
             report.valid_baselines["retrieval"][label] = ranking_metrics(ranks)["ndcg@10"]
         elif key == "itemknn":
             params = tune_itemknn(valid)
@@ -243,7 +283,11 @@ def evaluate(
         else:
             raise ValueError(f"unknown baseline {key!r}; choose from pop, itemknn, sasrec")
         metrics, curve, pop = ranking_report(
-            model.score(test.histories), test.targets, test.histories, data, features
+            lambda a, b, model=model: model.score(test.histories[a:b]),
+            test.targets,
+            test.histories,
+            data,
+            features,
         )
         report.retrieval[label], report.ndcg_curves[label], report.top10_popularity[label] = (
             metrics,

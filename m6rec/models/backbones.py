@@ -125,8 +125,9 @@ class Encoder:
         max_length: int | None = None,
         normalize: bool = True,
     ) -> torch.Tensor:
-        """Embed ``texts`` without gradients; returns a float32 CPU tensor ``[len(texts), hidden]``."""
-        texts = list(texts)
+        """Embed ``texts`` without gradients; returns a float32 CPU tensor ``[len(texts), hidden]``.
+        Each distinct text is encoded once (profiles take few distinct values among millions of users)."""
+        texts, rows = _distinct(texts)
         if not texts:
             return torch.empty(0, self.hidden_size)
         chunks = []
@@ -134,7 +135,7 @@ class Encoder:
             batch = self.tokenize(texts[start : start + batch_size], max_length)
             vec = self.embed(batch["input_ids"], batch["attention_mask"], normalize=normalize)
             chunks.append(vec.float().cpu())
-        return torch.cat(chunks)
+        return torch.cat(chunks)[rows]
 
     @torch.no_grad()
     def encode_layers(
@@ -147,8 +148,9 @@ class Encoder:
     ) -> list[torch.Tensor]:
         """Mean-pooled hidden states of ``texts`` after each of ``layers`` (0 = the embedding layer,
         ``num_layers`` = the last), not normalised: one float32 CPU tensor ``[len(texts), hidden]`` per
-        layer. What the tuned top layers of :mod:`m6rec.models.lm_layers` read for each segment."""
-        texts = list(texts)
+        layer. What the tuned top layers of :mod:`m6rec.models.lm_layers` read for each segment. Each
+        distinct text is encoded once."""
+        texts, rows = _distinct(texts)
         for layer in layers:
             if not 0 <= layer <= self.num_layers:
                 raise ValueError(f"layer must be in 0..{self.num_layers}, got {layer}")
@@ -158,7 +160,7 @@ class Encoder:
             hidden = self.model(**batch, output_hidden_states=True).hidden_states
             for out, layer in zip(chunks, layers, strict=True):
                 out.append(mean_pool(hidden[layer], batch["attention_mask"]).float().cpu())
-        return [torch.cat(c) if c else torch.empty(0, self.hidden_size) for c in chunks]
+        return [torch.cat(c)[rows] if c else torch.empty(0, self.hidden_size) for c in chunks]
 
 
 @dataclass
@@ -205,6 +207,13 @@ class CausalLM:
 
 # --------------------------------------------------------------------------------------------------
 # small helpers
+
+
+def _distinct(texts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """The distinct texts in first-seen order, and for each input text its row among them."""
+    position: dict[str, int] = {}
+    rows = [position.setdefault(t, len(position)) for t in texts]
+    return list(position), torch.as_tensor(rows, dtype=torch.long)
 
 
 def pick_device() -> torch.device:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from m6rec.data.eval_inputs import EvalInputs
-from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
+from m6rec.evaluation.metrics import ranking_metrics, ranks_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,10 @@ class SASRecBaseline:
                     total, n_tokens = total + loss.item() * count, n_tokens + count
                 record = {"epoch": epoch, "loss": total / n_tokens, "seconds": time.perf_counter() - started}
                 if valid is not None:
-                    ranks = rank_of_targets(self._score_tensor(valid[0]), valid[1], valid[0])
+                    histories, targets = valid
+                    ranks = ranks_in_chunks(
+                        lambda a, b, h=histories: self._score_tensor(h[a:b]), targets, histories
+                    )
                     record["valid_ndcg@10"] = ranking_metrics(ranks, ks=(10,))["ndcg@10"]
                     if record["valid_ndcg@10"] > best:
                         best, since_best, self.best_epoch_ = record["valid_ndcg@10"], 0, epoch

@@ -13,7 +13,7 @@ popularity embedding are optional add-ons, reported beside the text-only model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -172,6 +172,7 @@ def train_lm_retriever(
     batch_size: int = 64,
     init: LMRetriever | None = None,
     log: Callable[[str], None] | None = None,
+    eval_users: Collection[str] | None = None,
 ) -> tuple[LMRetriever, TrainResult]:
     """Next-item training on the train split, selected on valid NDCG@10 (early stopping). ``init``
     warm-starts from another LM retriever's weights (e.g. the text-only one, before adding ID rows)."""
@@ -182,4 +183,6 @@ def train_lm_retriever(
         if any(not k.startswith(("id_emb", "pop_emb")) for k in missing):
             raise ValueError(f"init does not match this retriever's shape (missing {missing[:5]})")
     params = model.param_groups(train_config.lr, config.lm_lr)
-    return fit_next_item(model, data, train_config, batch_size=batch_size, log=log, params=params)
+    return fit_next_item(
+        model, data, train_config, batch_size=batch_size, log=log, params=params, eval_users=eval_users
+    )

@@ -14,7 +14,7 @@ window (all items are the softmax's classes; in-batch negatives replace them for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from m6rec.data.marts import RecData
-from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
+from m6rec.evaluation.metrics import ranking_metrics, ranks_in_chunks
 from m6rec.models.segments import (
     CachedSegmentModel,
     SegmentCache,
@@ -35,6 +35,8 @@ from m6rec.models.segments import (
     segment_transformer,
 )
 from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
+
+EVAL_CHUNK = 1024  # users scored at once in evaluation: bounds memory at EVAL_CHUNK × n_items scores
 
 # --- the model ----------------------------------------------------------------------------------------
 
@@ -204,12 +206,16 @@ def training_windows(data: RecData, max_len: int) -> list[Window]:
 
 
 def query_windows(
-    data: RecData, split: str, max_len: int
+    data: RecData, split: str, max_len: int, users: Collection[str] | None = None
 ) -> tuple[list[Window], np.ndarray, list[np.ndarray]]:
-    """For each held-out event: the last ``max_len`` events before it, its target and full history."""
+    """For each held-out event (of ``users`` only, when given): the last ``max_len`` events before it,
+    its target and full history."""
     hist = data.sequences(data.history_splits(split))
     windows, targets, exclude = [], [], []
-    for row in data.holdout(split).itertuples(index=False):
+    holdout = data.holdout(split)
+    if users is not None:
+        holdout = holdout[holdout["user_id"].astype(str).isin(set(users))]
+    for row in holdout.itertuples(index=False):
         frame = hist[row.user_idx]
         frame = frame[frame["position"] < row.position]
         windows.append(_window(row.user_idx, frame, max(0, len(frame) - max_len), len(frame)))
@@ -255,12 +261,17 @@ def score_windows(model: SequentialRetriever, windows: Sequence[Window], batch_s
 
 
 def evaluate_retrieval(
-    model: SequentialRetriever, data: RecData, split: str = "valid", ks: Sequence[int] = (10, 20)
+    model: SequentialRetriever,
+    data: RecData,
+    split: str = "valid",
+    ks: Sequence[int] = (10, 20),
+    users: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics over the whole catalogue, history items excluded (RecBole protocol)."""
-    windows, targets, exclude = query_windows(data, split, model.config.max_len)
-    scores = score_windows(model, windows)
-    return ranking_metrics(rank_of_targets(scores, targets, exclude), ks)
+    """Full-ranking metrics over the whole catalogue, history items excluded (RecBole protocol), for
+    every user with a ``split`` target or the given sample of ``users``."""
+    windows, targets, exclude = query_windows(data, split, model.config.max_len, users)
+    ranks = ranks_in_chunks(lambda a, b: score_windows(model, windows[a:b]), targets, exclude, EVAL_CHUNK)
+    return ranking_metrics(ranks, ks)
 
 
 def train_retriever(
@@ -271,11 +282,12 @@ def train_retriever(
     *,
     batch_size: int = 64,
     log: Callable[[str], None] | None = None,
+    eval_users: Collection[str] | None = None,
 ) -> tuple[SequentialRetriever, TrainResult]:
     """Train on the train split, select on valid NDCG (early stopping); returns the best weights."""
     torch.manual_seed(train_config.seed)
     model = new_retriever(config, data, cache)
-    return fit_next_item(model, data, train_config, batch_size=batch_size, log=log)
+    return fit_next_item(model, data, train_config, batch_size=batch_size, log=log, eval_users=eval_users)
 
 
 def fit_next_item(
@@ -286,10 +298,12 @@ def fit_next_item(
     batch_size: int,
     log: Callable[[str], None] | None = None,
     params: list[dict] | None = None,
+    eval_users: Collection[str] | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """The training loop every retriever shares: next-item loss (``model.loss``) over the train split's
     windows of ``model.config.max_len``, selected on valid NDCG@10; ``params`` gives optimiser groups
-    (e.g. a lower learning rate for pretrained weights). Returns the best weights."""
+    (e.g. a lower learning rate for pretrained weights); ``eval_users``: the users whose valid targets
+    select it (default all; a seeded sample on large logs). Returns the best weights."""
     loader = DataLoader(
         training_windows(data, model.config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
     )
@@ -297,7 +311,7 @@ def fit_next_item(
         model,
         lambda m, b: m.loss(b),
         loader,
-        lambda m: evaluate_retrieval(m, data, "valid"),
+        lambda m: evaluate_retrieval(m, data, "valid", users=eval_users),
         train_config,
         log=log,
         params=params,

@@ -59,6 +59,9 @@ class TrainingProfile:
     # test-split CTR examples the explainer LM answers Yes/No for (~1.2 s each on 2 CPU cores)
     smollm2_test_examples: int = 64
     zero_shot_lm_events: int = 20  # cold events the explainer LM ranks by likelihood (zero_shot on)
+    # Retrieval is evaluated (and selected during training) on a seeded sample of this many users when
+    # the log has more: full ranking costs users × items; each row reports its 95% interval.
+    max_eval_users: int | None = 20_000
     extra: dict = field(default_factory=dict)
 
     def budget(self, model: str) -> float | None:

@@ -92,6 +92,8 @@ def offline_evaluation(
         style=TEXT_STYLE,
         extra_ctr=extra,
         log=context.log.info,
+        max_eval_users=profile.max_eval_users,
+        seed=model_settings.seed,
     )
     for row, (_, model, _) in models.items():
         report.parameters[row] = parameter_counts(model)

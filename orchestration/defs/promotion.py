@@ -48,7 +48,15 @@ def promoted_model(
             data = load_rec_data(warehouse.database)
             examples = warehouse.read("select * from marts.ctr_examples")
             challenger = Recommender(artifacts.path(CANDIDATE), device=pick_device())
-            same_data = evaluate_same_data(challenger, champion, data, examples, log=context.log.info)
+            same_data = evaluate_same_data(
+                challenger,
+                champion,
+                data,
+                examples,
+                log=context.log.info,
+                max_users=model_settings.resolved().max_eval_users,
+                seed=model_settings.seed,
+            )
     inputs = {
         "challenger_valid": evaluation["validation"],
         "valid_baselines": evaluation.get("valid_baselines", {}),

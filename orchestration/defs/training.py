@@ -12,6 +12,7 @@ import torch
 
 from m6rec.data.marts import load_rec_data
 from m6rec.data.warehouse import read_build_info
+from m6rec.evaluation.metrics import sample_users
 from m6rec.models.lm_layers import build_lower_cache
 from m6rec.models.lm_ranking import train_lm_ranker
 from m6rec.models.lm_retrieval import train_lm_retriever
@@ -87,6 +88,12 @@ def segment_cache(
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
+
+
+def _valid_users(data, model_settings: ModelSettings) -> set[str] | None:
+    """The users whose valid targets select every retriever (all of them on small logs)."""
+    holdout = data.holdout("valid")["user_id"].astype(str)
+    return sample_users(holdout, model_settings.resolved().max_eval_users, model_settings.seed)
 
 
 def _run_key(name: str, warehouse: WarehouseResource, model_settings: ModelSettings, steps: int) -> str:
@@ -186,6 +193,7 @@ def lm_retriever(
         cfg,
         batch_size=profile.lm_batch_size,
         log=context.log.info,
+        eval_users=_valid_users(data, model_settings),
     )
     save_trained(artifacts, LM_RETRIEVER, model, profile.lm_retriever, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_batch_size, model, profile))
@@ -230,6 +238,7 @@ def lm_retriever_ids(
         batch_size=profile.lm_batch_size,
         init=text_only,
         log=context.log.info,
+        eval_users=_valid_users(data, model_settings),
     )
     save_trained(artifacts, LM_RETRIEVER_IDS, model, config, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.lm_batch_size, model, profile))
@@ -292,7 +301,13 @@ def frozen_retriever(
         FROZEN_RETRIEVER, artifacts, warehouse, model_settings, profile.retriever_steps, "ndcg@10"
     )
     model, result = train_retriever(
-        data, cache, profile.retriever, cfg, batch_size=profile.batch_size, log=context.log.info
+        data,
+        cache,
+        profile.retriever,
+        cfg,
+        batch_size=profile.batch_size,
+        log=context.log.info,
+        eval_users=_valid_users(data, model_settings),
     )
     save_trained(artifacts, FROZEN_RETRIEVER, model, profile.retriever, data)
     return dg.MaterializeResult(metadata=_metadata(result, cfg, profile.batch_size, model, profile))

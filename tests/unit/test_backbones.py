@@ -86,6 +86,21 @@ def test_tiny_encoder_padding_and_batching_do_not_change_vectors(encoder):
     assert torch.allclose(encoder.encode([short, long], batch_size=1), with_long, atol=1e-5)
 
 
+def test_repeated_texts_are_encoded_once_and_land_in_every_row(encoder, monkeypatch):
+    texts = ["a man aged 25", "a woman aged 40", "a man aged 25", "a man aged 25"]
+    tokenized = []
+    tokenize = encoder.tokenize
+    monkeypatch.setattr(encoder, "tokenize", lambda batch, n: tokenized.extend(batch) or tokenize(batch, n))
+    vectors = encoder.encode(texts, batch_size=2)
+    low, top = encoder.encode_layers(texts, (1, encoder.num_layers), batch_size=2)
+    assert tokenized == ["a man aged 25", "a woman aged 40"] * 2  # once for encode, once for encode_layers
+    for out in (vectors, low, top):
+        assert out.shape[0] == 4
+        torch.testing.assert_close(out[0], out[2])
+        torch.testing.assert_close(out[0], out[3])
+    torch.testing.assert_close(vectors, encoder.encode(texts[:2])[[0, 1, 0, 0]])
+
+
 def test_tiny_encoder_deterministic_by_seed(encoder):
     state = torch.random.get_rng_state()
     same, other = bb.tiny_encoder(seed=0), bb.tiny_encoder(seed=1)
