@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,18 +46,25 @@ class WarehouseLockedError(RuntimeError):
     """Another process holds the DuckDB file's write lock for longer than we were willing to wait."""
 
 
+def memory_limit() -> str:
+    """DuckDB's memory cap for every m6rec connection (``$M6REC_DUCKDB_MEMORY_LIMIT``, e.g. ``8GB``)."""
+    return os.environ.get("M6REC_DUCKDB_MEMORY_LIMIT", "4GB")
+
+
 @contextmanager
 def connect(
     path: Path | str, *, read_only: bool = False, wait_s: float = 120.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, waiting up to ``wait_s`` for another process's lock to clear."""
+    """Open the warehouse, waiting up to ``wait_s`` for another process's lock to clear. Its memory is
+    capped at ``$M6REC_DUCKDB_MEMORY_LIMIT`` (default 4GB, as dbt's profile): past it DuckDB spills
+    to disk instead of growing with the log."""
     path = str(path)
     if path != ":memory:" and not read_only:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     deadline, delay = time.monotonic() + wait_s, 0.2
     while True:
         try:
-            conn = duckdb.connect(path, read_only=read_only)
+            conn = duckdb.connect(path, read_only=read_only, config={"memory_limit": memory_limit()})
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() and "in use" not in str(exc).lower():

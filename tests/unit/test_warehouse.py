@@ -70,3 +70,12 @@ def test_second_writer_waits_then_fails_clearly(tmp_path: Path) -> None:
         holder.wait()
     with connect(db, wait_s=60) as conn:  # free again once the other writer is gone
         assert conn.execute("select x from t").fetchall() == [(1,)]
+
+
+def test_connections_cap_duckdb_memory(tmp_path: Path, monkeypatch) -> None:
+    """Past the cap DuckDB spills to disk instead of growing with the log; the cap is configurable."""
+    with connect(tmp_path / "w.duckdb") as conn:
+        assert conn.execute("select current_setting('memory_limit')").fetchone()[0] == "3.7 GiB"
+    monkeypatch.setenv("M6REC_DUCKDB_MEMORY_LIMIT", "256MB")
+    with connect(tmp_path / "w.duckdb") as conn:
+        assert conn.execute("select current_setting('memory_limit')").fetchone()[0] == "244.1 MiB"
