@@ -11,7 +11,8 @@ embedding's 384), drawn around 2,000 seeded centres and unit-normalised per part
 the libraries, not m6rec's item geometry; the served bundle records its own recall on its own items
 (``manifest.json["item_index"]["graph"]``).
 
-Usage: python bench/ann.py [--sizes 100000 1000000] [--out bench/results/ann.json]
+Usage: python bench/ann.py [--sizes 100000 1000000] [--libraries NAME ...] [--out bench/results/ann.json]
+Rows already in the file are kept unless measured again (each row names the command that wrote it).
 """
 
 from __future__ import annotations
@@ -131,24 +132,22 @@ def main() -> None:
     parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ann.json"))
     args = parser.parse_args()
-    results = []
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    report.update(cpu=cpu_model(), cpus=os.cpu_count(), target_recall=TARGET)
     for n in args.sizes:
         vectors = catalogue(n)
         tune = probe_queries(vectors, 1000, seed=1, parts=PARTS)
         test = probe_queries(vectors, 1000, seed=2, parts=PARTS)
-        row = {"items": n, "dim": int(vectors.shape[1]), "libraries": {}}
+        row = next((r for r in report["runs"] if r["items"] == n), None)
+        if row is None:
+            row = {"items": n, "dim": int(vectors.shape[1]), "libraries": {}}
+            report["runs"] = sorted([*report["runs"], row], key=lambda r: r["items"])
         for name in args.libraries:
-            row["libraries"][name] = measure(name, vectors, tune, test)
+            command = f"python bench/ann.py --sizes {n} --libraries '{name}'"
+            row["libraries"][name] = {"command": command, **measure(name, vectors, tune, test)}
             print(n, name, row["libraries"][name], flush=True)
-        results.append(row)
-    out = {
-        "command": "python bench/ann.py --sizes " + " ".join(map(str, args.sizes)),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "target_recall": TARGET,
-        "runs": results,
-    }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+            out.write_text(json.dumps(report, indent=2) + "\n")  # after each: a long run keeps its rows
     print(f"wrote {args.out}")
 
 

@@ -346,7 +346,12 @@ class Recommender:
         pools, jobs, ranked = [], [], []
         for q, (idx, row) in zip(queries, candidates, strict=True):
             if q.exclude_seen and q.history:
-                row = np.where(np.isin(idx, self._indices([e.item_id for e in q.history])), -np.inf, row)
+                seen = self._indices([e.item_id for e in q.history])
+                if self.ann is None:  # the whole catalogue, in item order
+                    row = row.copy()
+                    row[seen] = -np.inf
+                else:
+                    row = np.where(np.isin(idx, seen), -np.inf, row)
             order = np.argsort(-row, kind="stable")[: max(q.k, q.rerank)]
             order = order[np.isfinite(row[order])]
             pools.append((idx[order], row[order]))
