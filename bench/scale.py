@@ -14,6 +14,7 @@ users, and ``POST /recommend`` (rerank 50) p99 at concurrency 8 from the built B
 
 Usage: python bench/scale.py [--sizes EVENTS:USERS:ITEMS ...] [--whole-graph-max-events N]
 Writes bench/results/scale.json (or --out); sizes already in that file are kept unless run again.
+``python bench/scale.py --report`` prints the Markdown table of that file and draws docs/scale.png.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
 
-    def peak_gb(self, start: float = 0.0, end: float = float("inf")) -> float:
-        inside = [b for t, b in self.samples if start <= t <= end] or [0]
-        return round(max(inside) / 2**30, 2)
+    def peak_gb(self, start: float = 0.0, end: float = float("inf")) -> float | None:
+        """Peak GB sampled in ``[start, end]``; None for a step shorter than the sampling interval."""
+        inside = [b for t, b in self.samples if start <= t <= end]
+        return round(max(inside) / 2**30, 2) if inside else None
 
 
 def run_job(job_name: str, run_config: dict | None, sampler: MemorySampler) -> dict:
@@ -185,10 +187,59 @@ def child(spec: str, work: Path, whole_graph: bool) -> dict:
             row["whole_graph_seconds"] = whole["seconds"]
             row["whole_graph_success"] = whole["success"]
             row["stages"] = whole["stages"]  # every stage, the data half's included (run again)
-            row["peak_memory_gb"] = max(data["peak_memory_gb"], whole["peak_memory_gb"])
+            row["peak_memory_gb"] = max(data["peak_memory_gb"] or 0, whole["peak_memory_gb"] or 0)
             if whole["success"]:
                 row["ann"] = measure_serving(home)
     return row
+
+
+DATA_HALF = ("raw_behaviour_logs", "raw_items_suite", "raw_ratings_suite", "raw_users_suite", "published_raw")
+DATA_HALF += ("m6rec_dbt", "ctr_examples_suite", "item_catalogue_suite", "splits_suite", "published_marts")
+
+
+def markdown_and_plot(path: Path, plot: Path) -> str:
+    """The Markdown table of every size (data half and whole graph, seconds and peak GB, the served
+    retrieval's p99) and a log-log plot of each stage's seconds against events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = json.loads(path.read_text())["runs"]
+    lines = [
+        "| events | users | items | data half s | whole graph s | peak GB | retrieval served | recall@10 | "
+        "recommend p99 ms (c=8) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        ann = r.get("ann") or {}
+        whole = r.get("whole_graph_seconds")
+        lines.append(
+            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['data_half_seconds']} | "
+            f"{whole if whole is not None else 'not run'} | {r['peak_memory_gb']} | "
+            f"{ann.get('retrieval', '–')} | {ann.get('recall_at_10', '–')} | {ann.get('p99_ms', '–')} |"
+        )
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stages = sorted({s for r in runs for s in r["stages"]})
+    colours = plt.cm.tab20.colors
+    totals = {"data half (total)": "data_half_seconds", "whole graph (total)": "whole_graph_seconds"}
+    for i, (label, key) in enumerate(totals.items()):
+        points = sorted((r["events"], r[key]) for r in runs if r.get(key) is not None)
+        ax.plot(*zip(*points, strict=True), "k" + "-:"[i], marker="s", lw=2, label=label)
+    for i, stage in enumerate(stages):
+        points = sorted((r["events"], r["stages"][stage]["seconds"]) for r in runs if stage in r["stages"])
+        xs, ys = zip(*points, strict=True)
+        style = "-" if stage in DATA_HALF else ""
+        ax.plot(
+            xs, [max(y, 0.1) for y in ys], style, marker="o^v<>"[i % 5], color=colours[i % 20], label=stage
+        )
+    ax.set(
+        xscale="log", yscale="log", xlabel="events", ylabel="seconds", title="m6rec stage cost by log size"
+    )
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -197,10 +248,14 @@ def main() -> None:
     parser.add_argument("--whole-graph-max-events", type=float, default=1e7)
     parser.add_argument("--work", help="keep each size's data here (default: a temp folder, removed)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "scale.json"))
+    parser.add_argument("--report", action="store_true", help="print the table, draw docs/scale.png")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--whole-graph", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        print(markdown_and_plot(Path(args.out), REPO / "docs" / "scale.png"))
+        return
     if args.child:
         row = child(args.child, Path(args.work), args.whole_graph)
         Path(args.child_out).write_text(json.dumps(row))
