@@ -23,7 +23,8 @@ from m6rec.models.registry import build_model, describe, kind_of
 from m6rec.models.retrieval import RetrieverConfig
 from m6rec.serving.bundle import save_bundle
 from m6rec.serving.item_index import IndexConfig
-from m6rec.text.textify import TextStyle
+from m6rec.serving.recommender import HistoryEvent, RecommendQuery
+from m6rec.text.textify import Profile, TextStyle
 from tests.synthetic import synthetic_rec_data
 
 TINY_METRICS = {"ndcg@10": 0.5, "recall@10": 0.75, "auc": 0.61}
@@ -94,6 +95,21 @@ def build_tiny_bundle(
     (path / "MODEL_CARD.md").write_text(MODEL_CARD, encoding="utf-8")
     (path / "evaluation.json").write_text(EVALUATION, encoding="utf-8")
     return path
+
+
+def mixed_queries() -> list[RecommendQuery]:
+    """Recommend queries over a tiny bundle's catalogue that take every path: a short history, a long
+    one with a profile, a free-text query alone, retrieval only (``rerank=0``)."""
+    return [
+        RecommendQuery([HistoryEvent("i1", 5.0, 100), HistoryEvent("i2", None, 200)], k=4),
+        RecommendQuery(
+            [HistoryEvent(f"i{i}", float(1 + i % 5), 100 * i) for i in range(3, 15)],
+            k=6,
+            profile=Profile(age=30, gender="M", occupation="writer"),
+        ),
+        RecommendQuery([], k=3, query="Movie number 7"),
+        RecommendQuery([HistoryEvent("i9", 4.0)], k=2, rerank=0),
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from m6rec.serving.item_index import (
     recall_at_k,
 )
 from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery
-from m6rec.text.textify import Profile
-from tests.bundle_fixtures import build_tiny_bundle
+from tests.bundle_fixtures import build_tiny_bundle, mixed_queries
 
 
 def clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -87,14 +86,7 @@ def test_serving_from_the_index_answers_like_the_exact_scan(ann_bundle) -> None:
     exact = Recommender(ann_bundle, device="cpu")
     exact.ann = None
     assert ann.ann is not None
-    queries = [
-        RecommendQuery([HistoryEvent("i1", 5.0, 100), HistoryEvent("i2", None, 200)], k=4),
-        RecommendQuery(
-            [HistoryEvent(f"i{i}", float(1 + i % 5), 100 * i) for i in range(3, 15)],
-            k=6,
-            profile=Profile(age=30, gender="M", occupation="writer"),
-        ),
-        RecommendQuery([], k=3, query="Movie number 7"),
+    queries = mixed_queries()[:3] + [
         RecommendQuery([HistoryEvent("i9", 4.0)], k=5, query="a comedy", rerank=0),
         RecommendQuery([HistoryEvent("i9", 4.0)], k=5, rerank=0, exclude_seen=False),
     ]

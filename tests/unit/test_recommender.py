@@ -10,9 +10,9 @@ import torch
 
 from m6rec.data.marts import DataContract
 from m6rec.models.retrieval import collate, query_windows
-from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery, UnknownItemError
+from m6rec.serving.recommender import HistoryEvent, Recommender, UnknownItemError
 from m6rec.text.textify import Profile
-from tests.bundle_fixtures import build_tiny_bundle, tiny_models
+from tests.bundle_fixtures import build_tiny_bundle, mixed_queries, tiny_models
 
 
 @pytest.fixture(scope="module", params=["lm", "frozen"])
@@ -81,16 +81,7 @@ def test_a_batch_scores_exactly_like_one_request_at_a_time(bundle) -> None:
     """The batched path (one retrieval and one ranking pass for all queries; what adaptive batching
     serves) gives each query the same items and scores as calling it alone."""
     rec = Recommender(bundle[0], device="cpu")
-    queries = [
-        RecommendQuery([HistoryEvent("i1", 5.0, 100), HistoryEvent("i2", None, 200)], k=4),
-        RecommendQuery(
-            [HistoryEvent(f"i{i}", float(1 + i % 5), 100 * i) for i in range(3, 15)],
-            k=6,
-            profile=Profile(age=30, gender="M", occupation="writer"),
-        ),
-        RecommendQuery([], k=3, query="Movie number 7"),
-        RecommendQuery([HistoryEvent("i9", 4.0)], k=2, rerank=0),
-    ]
+    queries = mixed_queries()
     batched = rec.recommend_batch(queries)
     for query, got in zip(queries, batched, strict=True):
         [alone] = rec.recommend_batch([query])
