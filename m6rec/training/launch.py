@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="every dropout (the model's and the pretrained layers') instead of theirs",
     )
     parser.add_argument("--lr", type=float, default=1e-3, help="new weights (pretrained ones: lm_lr)")
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--lr-decay", choices=["none", "linear"], help="instead of the profile's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     return parser.parse_args(argv)
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         metric="ndcg@10",
         patience=profile.patience,
         max_seconds=args.budget_s if args.budget_s is not None else profile.budget("lm_retriever"),
-        lr_decay=profile.lm_lr_decay,
+        warmup_steps=args.warmup_steps,
+        lr_decay=args.lr_decay or profile.lm_lr_decay,
         seed=args.seed,
         resume=False,
         progress=False,

@@ -137,6 +137,8 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             # Some models hold weights a given loss does not touch (e.g. heads used only in serving).
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            # The schedule counts optimiser steps (accelerate's default steps it once per process).
+            step_scheduler_with_optimizer=False,
         )
         if not self.accelerator.is_main_process:
             self.log = lambda _: None
@@ -288,7 +290,8 @@ class Trainer:
                     if cfg.max_grad_norm and self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
-                    self.scheduler.step()
+                    if self.accelerator.sync_gradients:  # once per optimiser step, on any number of processes
+                        self.scheduler.step()
                     self.optimizer.zero_grad()
                 running, seen = running + float(loss.detach()), seen + 1
             self.state["step_seconds"] = (

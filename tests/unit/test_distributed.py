@@ -1,7 +1,8 @@
 """The trainer under ``accelerate launch`` with two CPU processes (DDP over gloo) trains the LM retriever
 like one process does: two processes with batch B step exactly like one process with batch B and two
-gradient-accumulation steps (the same batches, the same averaged gradient), so their weights must agree
-to float tolerance. Dropout is off: each process draws its own masks."""
+gradient-accumulation steps (the same batches, the same averaged gradient, the same learning-rate
+schedule), so their weights must agree to float tolerance. Dropout is off: each process draws its own
+masks."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from m6rec.data.marts import save_rec_data
 from tests.synthetic import synthetic_rec_data
 
 COMMON = ["--profile", "smoke", "--encoder", "tiny", "--steps", "6", "--eval-every", "3", "--dropout", "0"]
-COMMON += ["--batch-size", "4", "--budget-s", "600"]
+COMMON += ["--batch-size", "4", "--budget-s", "600", "--warmup-steps", "2", "--lr-decay", "linear"]
 
 
 def _launch(args: list[str], out: Path, processes: int) -> dict:
