@@ -4,7 +4,6 @@ other: the asset and check keys a stage depends on, the artefact keys in the
 trained retriever and ranker are written and read back."""
 
 import json
-from dataclasses import replace
 
 import dagster as dg
 
@@ -15,7 +14,7 @@ from m6rec.evaluation.offline import (
     LM_WITH_IDS,
     SEGMENT_RANKER_ROW,
 )
-from m6rec.text.textify import TextStyle
+from m6rec.text import textify
 from orchestration.defs.resources import ArtifactStore
 
 # Write-audit-publish: a load and a dbt build land in this run's audit schemas first (``*_AUDIT_KEYS``,
@@ -73,9 +72,8 @@ CANDIDATE, CHAMPION = "candidate", "champion"  # bundles: the one just trained, 
 BENTO_RECORD = "bento.json"  # which Bento was built from which champion
 PROMOTION_RECORD = "promotion.json"  # the last gate decision and every input it was made from
 
-TEXT_STYLE = TextStyle(with_popularity=True)  # behaviour sentences (explainer, token ranker)
-# Item segments the retrieval and CTR models cache also say what is "often watched next".
-SEGMENT_STYLE = replace(TEXT_STYLE, with_watched_next=True)
+# behaviour sentences (explainer, token ranker); the item segments the retrieval and CTR models cache
+TEXT_STYLE, SEGMENT_STYLE = textify.PIPELINE_STYLE, textify.SEGMENT_STYLE
 
 
 def save_trained(store: ArtifactStore, key: str, model, config, data) -> None:

@@ -100,6 +100,11 @@ class TextStyle:
 
 
 DEFAULT_STYLE = TextStyle()
+PIPELINE_STYLE = TextStyle(
+    with_popularity=True
+)  # the pipeline's behaviour sentences (explainer, token ranker)
+# Item segments the pipeline's retrieval and CTR models cache also say what is "often watched next".
+SEGMENT_STYLE = TextStyle(with_popularity=True, with_watched_next=True)
 
 
 # --------------------------------------------------------------------------------------------------

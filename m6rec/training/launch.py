@@ -8,8 +8,8 @@ The pipeline trains in-process; this entry point runs the very same training fun
     # 8 GPUs on one machine
     accelerate launch --multi_gpu --num_processes 8 -m m6rec.training.launch \\
         --warehouse data/warehouse.duckdb --profile full --out runs/lm_retriever
-    # 2 CPU processes (what tests/unit/test_distributed.py runs)
-    accelerate launch --cpu --num_processes 2 -m m6rec.training.launch --marts DIR --out DIR
+    # 2 CPU processes on gloo (what tests/unit/test_distributed.py runs; --cpu would start one)
+    accelerate launch --multi_gpu --num_processes 2 -m m6rec.training.launch --marts DIR --out DIR
 
 ``--batch-size`` is per process: N processes with batch B step like one process with batch B and
 ``--grad-accum N``. The main process writes ``<out>/model.pt`` (the best weights), ``result.json``
@@ -29,13 +29,9 @@ from m6rec.data.marts import RecData, load_rec_data, read_rec_data
 from m6rec.models.backbones import load_encoder, tiny_encoder
 from m6rec.models.lm_layers import build_lower_cache
 from m6rec.models.lm_retrieval import train_lm_retriever
-from m6rec.text.textify import TextStyle
+from m6rec.text.textify import SEGMENT_STYLE
 from m6rec.training.profiles import get_profile
 from m6rec.training.trainer import TrainConfig
-
-# The item segments the pipeline caches (orchestration.stages.SEGMENT_STYLE): popularity and "often
-# watched next" in the item text.
-SEGMENT_STYLE = TextStyle(with_popularity=True, with_watched_next=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
