@@ -71,7 +71,9 @@ class MemorySampler:
         return round(max(inside) / 2**30, 2) if inside else None
 
 
-def run_job(job_name: str, run_config: dict | None, sampler: MemorySampler) -> dict:
+def run_job(
+    job_name: str, run_config: dict | None, sampler: MemorySampler, partition_key: str | None = None
+) -> dict:
     """One job in-process on an ephemeral instance: its wall time and per-step seconds and memory."""
     import dagster as dg
 
@@ -80,7 +82,9 @@ def run_job(job_name: str, run_config: dict | None, sampler: MemorySampler) -> d
     instance = dg.DagsterInstance.ephemeral()
     job = defs().resolve_job_def(job_name)
     start = time.time()
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    result = job.execute_in_process(
+        run_config=run_config, instance=instance, raise_on_error=False, partition_key=partition_key
+    )
     end = time.time()
     starts, stages = {}, {}
     for entry in instance.all_logs(result.run_id):
@@ -151,18 +155,26 @@ def measure_serving(home: Path, users: int = 300, requests: int = 200) -> dict:
     }
 
 
-def child(spec: str, work: Path, whole_graph: bool) -> dict:
-    """One size in this (fresh) process: generate, data half, whole graph, serving."""
+def child(spec: str, work: Path, whole_graph: bool, drop_fraction: float = 0.0) -> dict:
+    """One size in this (fresh) process: generate, data half, a daily drop of ``drop_fraction`` of the
+    events (the newest; the data half then loads the rest), whole graph, serving."""
     events, users, items = (int(float(x)) for x in spec.split(":"))
     home = work / "home"
     os.environ["M6REC_HOME"] = str(home)
     os.environ["BENTOML_HOME"] = str(home / "bentoml")
     os.environ.setdefault("M6REC_TORCH_THREADS", str(os.cpu_count() or 1))
-    from m6rec.data.generator import LogSpec, generate_log
+    os.environ["M6REC_DROPS"] = str(work / "drops")
+    from m6rec.data.generator import LogSpec, generate_log, write_drops
 
     start = time.time()
     log = generate_log(LogSpec(events=events, users=users, items=items, seed=0))
-    source = log.write(work / "source")
+    drops = {}
+    if drop_fraction:
+        base, drops = log.split_drops(drop_fraction, 1)
+        write_drops(drops, work / "drops")
+        source = base.write(work / "source")
+    else:
+        source = log.write(work / "source")
     generated = time.time() - start
     home.mkdir(parents=True, exist_ok=True)
     log.interactions.rename(columns={"timestamp": "ts"}).to_parquet(home / "scale_histories.parquet")
@@ -182,6 +194,21 @@ def child(spec: str, work: Path, whole_graph: bool) -> dict:
         row["peak_memory_gb"] = data["peak_memory_gb"]
         row["whole_graph_seconds"] = None
         row["ann"] = None
+        row["incremental"] = None
+        if drops and data["success"]:
+            [(day, frame)] = drops.items()
+            drop = run_job("daily_drops", None, sampler, partition_key=day)
+            row["incremental"] = {
+                "drop_events": len(frame),
+                "drop_fraction": drop_fraction,
+                "full_events": row["events"] - len(frame),
+                "drop_seconds": drop["seconds"],
+                "full_rebuild_seconds": data["seconds"],
+                "ratio": round(drop["seconds"] / data["seconds"], 3),
+                "success": drop["success"],
+                "peak_memory_gb": drop["peak_memory_gb"],
+                "stages": drop["stages"],
+            }
         if whole_graph and data["success"]:
             whole = run_job("m6rec_pipeline", config, sampler)
             row["whole_graph_seconds"] = whole["seconds"]
@@ -207,15 +234,19 @@ def markdown_and_plot(path: Path, plot: Path) -> str:
 
     runs = json.loads(path.read_text())["runs"]
     lines = [
-        "| events | users | items | data half s | whole graph s | peak GB | retrieval served | recall@10 | "
-        "recommend p99 ms (c=8) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| events | users | items | data half s | daily drop s (share) | whole graph s | peak GB | "
+        "retrieval served | recall@10 | recommend p99 ms (c=8) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         ann = r.get("ann") or {}
         whole = r.get("whole_graph_seconds")
+        inc = r.get("incremental")
+        drop = (
+            f"{inc['drop_seconds']} ({inc['ratio']:.1%}, {inc['drop_events']:,} events)" if inc else "not run"
+        )
         lines.append(
-            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['data_half_seconds']} | "
+            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['data_half_seconds']} | {drop} | "
             f"{whole if whole is not None else 'not run'} | {r['peak_memory_gb']} | "
             f"{ann.get('retrieval', '–')} | {ann.get('recall_at_10', '–')} | {ann.get('p99_ms', '–')} |"
         )
@@ -246,6 +277,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="EVENTS:USERS:ITEMS")
     parser.add_argument("--whole-graph-max-events", type=float, default=1e7)
+    parser.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.0,
+        help="hold the newest events out of the whole load and process them as one daily drop",
+    )
     parser.add_argument("--work", help="keep each size's data here (default: a temp folder, removed)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "scale.json"))
     parser.add_argument("--report", action="store_true", help="print the table, draw docs/scale.png")
@@ -257,7 +294,7 @@ def main() -> None:
         print(markdown_and_plot(Path(args.out), REPO / "docs" / "scale.png"))
         return
     if args.child:
-        row = child(args.child, Path(args.work), args.whole_graph)
+        row = child(args.child, Path(args.work), args.whole_graph, args.drop_fraction)
         Path(args.child_out).write_text(json.dumps(row))
         return
     from bench_common import cpu_model
@@ -269,7 +306,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
             work = Path(tmp)
             cmd = [sys.executable, __file__, "--child", spec, "--work", str(work)]
-            cmd += ["--child-out", str(work / "row.json")]
+            cmd += ["--child-out", str(work / "row.json"), "--drop-fraction", str(args.drop_fraction)]
             if events <= args.whole_graph_max_events:
                 cmd.append("--whole-graph")
             print("size", spec, flush=True)

@@ -5,6 +5,8 @@
   dbt's ``transforms/profiles.yml`` reads the same variable.
 - ``M6REC_INCOMING``: folder the sensor watches (default ``$M6REC_HOME/incoming``).
 - ``M6REC_CACHE``: downloaded and converted inputs (default ``$M6REC_HOME/cache``).
+- ``M6REC_DROPS``: daily drops, one folder per day ``<YYYY-MM-DD>/`` (default ``$M6REC_HOME/drops``).
+- ``M6REC_DROPS_START``: the first day of the daily partitions (default ``2020-01-01``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ def warehouse_path() -> Path:
 
 def incoming_dir() -> Path:
     return Path(os.environ.get("M6REC_INCOMING", data_home() / "incoming")).resolve()
+
+
+def drops_dir() -> Path:
+    return Path(os.environ.get("M6REC_DROPS", data_home() / "drops")).resolve()
+
+
+def drops_start() -> str:
+    return os.environ.get("M6REC_DROPS_START", "2020-01-01")
 
 
 def cache_dir() -> Path:

@@ -24,6 +24,12 @@ RAW_AUDIT_KEYS = {name: dg.AssetKey(["raw_audit", name]) for name in RAW_KEYS}
 MART_NAMES = ("item_catalogue", "user_profiles", "user_events", "splits", "ctr_examples", "cold_items")
 MARTS = {name: dg.AssetKey(["marts", name]) for name in MART_NAMES}
 MARTS_AUDIT_KEYS = {name: dg.AssetKey(["marts_audit", name]) for name in MART_NAMES}
+# An incremental build (daily drops only) rebuilds these for the users the drops touch; publish merges them
+# by user_id. The other marts are rebuilt whole every time.
+PER_USER_MARTS = ("user_events", "splits", "ctr_examples")
+# Daily drops: staged in the run's audit schema, checked, then appended to raw.ratings.
+RAW_DROPS_AUDIT_KEY = dg.AssetKey(["raw_audit", "ratings_drop"])
+RAW_DROPS_KEY = dg.AssetKey(["raw", "ratings_drops"])
 # dbt writes the marts of one run into this schema (the var read by transforms/macros/generate_schema_name).
 MARTS_AUDIT_VAR = "marts_audit_schema"
 # Training reads the published marts; every training asset depends on all of them, so nothing trains on

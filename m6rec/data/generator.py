@@ -17,7 +17,9 @@ and no package on the registries ships a real log of that size. What the logs ha
 Everything is vectorised over events (genre choice by inverse CDF, items by a per-genre popularity CDF),
 in chunks, so 10⁷ events take seconds to minutes, not hours.
 
-Usage: ``python -m m6rec.data.generator OUT --events 1000000 --users 100000 --items 20000 --seed 0``.
+Usage: ``python -m m6rec.data.generator OUT --events 1000000 --users 100000 --items 20000 --seed 0``;
+``--drop-fraction 0.01 --drop-days 1`` keeps the newest 1% of the events out of ``OUT`` and writes them
+as daily drops, ``OUT/drops/<YYYY-MM-DD>/interactions.parquet`` (the incremental path of the pipeline).
 """
 
 from __future__ import annotations
@@ -84,6 +86,34 @@ class GeneratedLog:
         self.items.to_parquet(out / "items.parquet", index=False)
         self.users.to_parquet(out / "users.parquet", index=False)
         return out
+
+    def split_drops(self, fraction: float, days: int) -> tuple[GeneratedLog, dict[str, pd.DataFrame]]:
+        """The log without its newest ``fraction`` of events, and those events as ``days`` daily drops
+        of equal size, each keyed by its arrival date (the day after its newest event): what a log
+        that grows every day looks like to the pipeline. Items and users all stay in the base."""
+        if not 0 < fraction < 1 or days < 1:
+            raise ValueError(f"drop fraction must be in (0, 1) and days >= 1 (got {fraction}, {days})")
+        ordered = self.interactions.sort_values("timestamp", kind="stable")
+        n_new = max(int(round(len(ordered) * fraction)), days)
+        base, new = ordered.iloc[:-n_new], ordered.iloc[-n_new:]
+        drops = {}
+        for chunk in np.array_split(np.arange(len(new)), days):
+            part = new.iloc[chunk]
+            arrival = pd.Timestamp(int(part["timestamp"].max()), unit="s").normalize() + pd.Timedelta(days=1)
+            key = arrival.strftime("%Y-%m-%d")
+            drops[key] = pd.concat([drops[key], part]) if key in drops else part
+        return GeneratedLog(base.sort_index(), self.items, self.users), drops
+
+
+def write_drops(drops: dict[str, pd.DataFrame], folder: str | Path) -> list[Path]:
+    """Each drop as ``folder/<day>/interactions.parquet`` (the drop format the ingest reads)."""
+    paths = []
+    for day, frame in sorted(drops.items()):
+        out = Path(folder) / day
+        out.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(out / "interactions.parquet", index=False)
+        paths.append(out)
+    return paths
 
 
 def _items(spec: LogSpec, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -220,11 +250,18 @@ def main(argv: list[str] | None = None) -> None:
     flags = ("events", "users", "items", "seed", "months")
     for name in flags:
         parser.add_argument(f"--{name}", type=int, default=getattr(LogSpec, name))
+    parser.add_argument("--drop-fraction", type=float, default=0.0, help="newest events kept out as drops")
+    parser.add_argument("--drop-days", type=int, default=1, help="how many daily drops they make")
     args = parser.parse_args(argv)
     spec = LogSpec(**{name: getattr(args, name) for name in flags})
     log = generate_log(spec)
+    drops: dict[str, pd.DataFrame] = {}
+    if args.drop_fraction:
+        log, drops = log.split_drops(args.drop_fraction, args.drop_days)
     out = log.write(args.out)
     print(f"{len(log.interactions)} events, {len(log.users)} users, {len(log.items)} items -> {out}")
+    for path in write_drops(drops, Path(args.out) / "drops"):
+        print(f"drop {path.name}: {len(drops[path.name])} events -> {path}")
 
 
 if __name__ == "__main__":

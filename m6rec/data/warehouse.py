@@ -26,19 +26,23 @@ from m6rec.data.sources import RawDataset
 
 RAW_SCHEMA = "raw"
 RAW_DDL = {
+    # load_seq: the raw.load_log entry that brought the row; drop_date: the daily drop it came in (NULL
+    # for a whole load). The incremental marts build reads both to find what is new.
     "ratings": "user_id VARCHAR NOT NULL, item_id VARCHAR NOT NULL, rating DOUBLE, ts BIGINT NOT NULL, "
-    "event_seq BIGINT NOT NULL",
+    "event_seq BIGINT NOT NULL, load_seq BIGINT, drop_date DATE",
     "items": "item_id VARCHAR NOT NULL, title VARCHAR NOT NULL, release_year INTEGER, genres VARCHAR[], "
     "attributes JSON",
     "users": "user_id VARCHAR NOT NULL, age INTEGER, gender VARCHAR, occupation VARCHAR, zip VARCHAR, "
     "attributes JSON",
 }
+# Columns a load does not bring: publish numbers the load and the daily-drop path dates it.
+ASSIGNED_AT_PUBLISH = ("load_seq", "drop_date")
 MARTS_SCHEMA = "marts"
 BUILD_INFO_TABLE = "build_info"
-BUILD_INFO_DDL = "published_at TIMESTAMP, info JSON, fingerprint VARCHAR, tables JSON"
+BUILD_INFO_DDL = "published_at TIMESTAMP, info JSON, fingerprint VARCHAR, tables JSON, table_stats JSON"
 LOAD_LOG_DDL = (
     "loaded_at TIMESTAMP, source VARCHAR, source_format VARCHAR, files JSON, "
-    "ratings BIGINT, items BIGINT, users BIGINT"
+    "ratings BIGINT, items BIGINT, users BIGINT, load_seq BIGINT, drop_date DATE"
 )
 
 
@@ -82,6 +86,11 @@ def connect(
         conn.close()
 
 
+def contract_columns(table: str) -> list[str]:
+    """The column names of a raw table, in contract order."""
+    return [column.split()[0] for column in RAW_DDL[table].split(", ")]
+
+
 def audit_schema(layer: str, run_id: str) -> str:
     """The schema one run writes ``layer`` (``raw`` or ``marts``) into before its suites pass: one per
     run, so two runs at once never audit or publish each other's tables."""
@@ -98,14 +107,15 @@ def stage_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, sourc
     try:
         for name, frame in frames.items():
             conn.register(f"_incoming_{name}", frame)
-            columns = ", ".join(col.split()[0] for col in RAW_DDL[name].split(", "))
+            columns = ", ".join(c for c in contract_columns(name) if c not in ASSIGNED_AT_PUBLISH)
             conn.execute(f"CREATE OR REPLACE TABLE {schema}.{name} ({RAW_DDL[name]})")
-            conn.execute(f"INSERT INTO {schema}.{name} SELECT {columns} FROM _incoming_{name}")
+            conn.execute(f"INSERT INTO {schema}.{name} ({columns}) SELECT {columns} FROM _incoming_{name}")
             conn.unregister(f"_incoming_{name}")
         conn.execute(f"CREATE OR REPLACE TABLE {schema}.load_info ({LOAD_LOG_DDL})")
         counts = dataset.row_counts()
         conn.execute(
-            f"INSERT INTO {schema}.load_info VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {schema}.load_info (loaded_at, source, source_format, files, ratings, items, "
+            "users) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 datetime.now(UTC).replace(tzinfo=None),
                 source,
@@ -130,16 +140,32 @@ def schema_exists(conn: duckdb.DuckDBPyConnection, schema: str) -> bool:
     )
 
 
+def relation_stats(conn: duckdb.DuckDBPyConnection, relation: str) -> list[int]:
+    """``[row count, sum of row hashes]`` of a table or ``(select ...)``: order-free, and additive, so a
+    merge of a delta can update it from the rows it removes and adds without reading the whole table."""
+    count, total = conn.execute(
+        f"SELECT count(*), coalesce(sum(hash(t)::HUGEINT), 0) FROM {relation} AS t"
+    ).fetchone()
+    return [int(count), int(total)]
+
+
+def table_stats(conn: duckdb.DuckDBPyConnection, schema: str, tables: list[str]) -> dict[str, list[int]]:
+    """:func:`relation_stats` of each of ``tables``."""
+    return {name: relation_stats(conn, f"{schema}.{name}") for name in tables}
+
+
+def digest_of(stats: dict[str, list[int]]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(stats):
+        count, total = stats[name]
+        digest.update(f"{name}:{count}:{total};".encode())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(conn: duckdb.DuckDBPyConnection, schema: str, tables: list[str]) -> str:
     """A content hash of ``tables``: the same rows give the same value in any order or file, so a
     bundle can say exactly which marts it was trained on."""
-    digest = hashlib.sha256()
-    for name in sorted(tables):
-        count, total = conn.execute(
-            f"SELECT count(*), coalesce(sum(hash(t)::HUGEINT), 0) FROM {schema}.{name} AS t"
-        ).fetchone()
-        digest.update(f"{name}:{count}:{total};".encode())
-    return digest.hexdigest()[:16]
+    return digest_of(table_stats(conn, schema, tables))
 
 
 def publish_tables(
@@ -154,32 +180,32 @@ def publish_tables(
     see the old set or the new, never a mix), then drop the audit schema. A raw load's ``load_info`` row
     is appended to ``load_log``; ``build_info`` (the marts' dbt vars, run id) becomes the one-row
     ``build_info`` table beside them with the published tables' fingerprint. Returns that fingerprint."""
-    missing = [t for t in tables if not _table_exists(conn, source_schema, t)]
+    missing = [t for t in tables if not table_exists(conn, source_schema, t)]
     if missing:
         raise LookupError(
             f"cannot publish {target_schema}: {', '.join(f'{source_schema}.{t}' for t in missing)} "
             "missing (the audit step of this run did not write it)"
         )
-    digest = fingerprint(conn, source_schema, tables)
+    stats = table_stats(conn, source_schema, tables)
+    digest = digest_of(stats)
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {target_schema}")
     conn.execute("BEGIN TRANSACTION")
     try:
+        is_load = table_exists(conn, source_schema, "load_info")
+        load_seq = next_load_seq(conn, target_schema) if is_load else None
         for name in tables:
             ddl = RAW_DDL.get(name) if target_schema == RAW_SCHEMA else None
             if ddl:  # keep the raw contract's types and NOT NULLs
                 conn.execute(f"CREATE OR REPLACE TABLE {target_schema}.{name} ({ddl})")
-                conn.execute(f"INSERT INTO {target_schema}.{name} FROM {source_schema}.{name}")
+                seq = "" if load_seq is None or name != "ratings" else f" REPLACE ({load_seq} AS load_seq)"
+                conn.execute(f"INSERT INTO {target_schema}.{name} SELECT *{seq} FROM {source_schema}.{name}")
             else:
                 conn.execute(f"CREATE OR REPLACE TABLE {target_schema}.{name} AS FROM {source_schema}.{name}")
-        if _table_exists(conn, source_schema, "load_info"):
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {target_schema}.load_log ({LOAD_LOG_DDL})")
-            conn.execute(f"INSERT INTO {target_schema}.load_log FROM {source_schema}.load_info")
+        if load_seq is not None:
+            log_row = f"SELECT * REPLACE ({load_seq} AS load_seq) FROM {source_schema}.load_info"
+            append_load_log(conn, target_schema, log_row)
         if build_info is not None:
-            conn.execute(f"CREATE OR REPLACE TABLE {target_schema}.{BUILD_INFO_TABLE} ({BUILD_INFO_DDL})")
-            conn.execute(
-                f"INSERT INTO {target_schema}.{BUILD_INFO_TABLE} VALUES (?, ?, ?, ?)",
-                [datetime.now(UTC).replace(tzinfo=None), json.dumps(build_info), digest, json.dumps(tables)],
-            )
+            write_build_info(conn, target_schema, build_info, stats)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -188,13 +214,95 @@ def publish_tables(
     return digest
 
 
+def merge_delta(
+    conn: duckdb.DuckDBPyConnection,
+    source_schema: str,
+    target_schema: str,
+    *,
+    per_user: list[str],
+    whole: list[str],
+    users_table: str,
+    build_info: dict,
+    previous_stats: dict[str, list[int]],
+) -> str:
+    """Publish an incremental build in one transaction: in each ``per_user`` table replace the rows of
+    the users in ``source_schema.<users_table>`` by the audited ones, replace each ``whole`` table, and
+    write ``build_info`` with the fingerprint updated from the rows removed and added (the published
+    tables are never re-read whole). Then drop the audit schema. Returns the new fingerprint."""
+    stats = {name: list(previous_stats[name]) for name in per_user}
+    users = f"(SELECT user_id FROM {source_schema}.{users_table})"
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for name in per_user:
+            removed = relation_stats(conn, f"(SELECT * FROM {target_schema}.{name} WHERE user_id IN {users})")
+            added = relation_stats(conn, f"{source_schema}.{name}")
+            stats[name] = [stats[name][k] - removed[k] + added[k] for k in (0, 1)]
+            conn.execute(f"DELETE FROM {target_schema}.{name} WHERE user_id IN {users}")
+            conn.execute(f"INSERT INTO {target_schema}.{name} BY NAME FROM {source_schema}.{name}")
+        for name in whole:
+            conn.execute(f"CREATE OR REPLACE TABLE {target_schema}.{name} AS FROM {source_schema}.{name}")
+            stats[name] = relation_stats(conn, f"{target_schema}.{name}")
+        digest = write_build_info(conn, target_schema, build_info, stats)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute(f"DROP SCHEMA IF EXISTS {source_schema} CASCADE")
+    return digest
+
+
+def next_load_seq(conn: duckdb.DuckDBPyConnection, schema: str = RAW_SCHEMA) -> int:
+    """The number the next published load gets in ``load_log`` (1 on a new warehouse)."""
+    if not table_exists(conn, schema, "load_log"):
+        return 1
+    _upgrade_load_log(conn, schema)
+    return int(conn.execute(f"SELECT coalesce(max(load_seq), 0) + 1 FROM {schema}.load_log").fetchone()[0])
+
+
+def append_load_log(
+    conn: duckdb.DuckDBPyConnection, schema: str, select: str, params: list | None = None
+) -> None:
+    """Append the rows of ``select`` (columns by name, with ``params``) to ``schema.load_log``."""
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.load_log ({LOAD_LOG_DDL})")
+    _upgrade_load_log(conn, schema)
+    conn.execute(f"INSERT INTO {schema}.load_log BY NAME {select}", params)
+
+
+def _upgrade_load_log(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """A warehouse written before loads were numbered: add the columns (old loads keep NULL)."""
+    conn.execute(f"ALTER TABLE {schema}.load_log ADD COLUMN IF NOT EXISTS load_seq BIGINT")
+    conn.execute(f"ALTER TABLE {schema}.load_log ADD COLUMN IF NOT EXISTS drop_date DATE")
+
+
+def write_build_info(
+    conn: duckdb.DuckDBPyConnection, schema: str, build_info: dict, stats: dict[str, list[int]]
+) -> str:
+    """Replace ``schema.build_info`` with one row: ``build_info``, the fingerprint of ``stats`` and the
+    stats themselves (so an incremental publish can update the fingerprint from its delta alone)."""
+    conn.execute(f"CREATE OR REPLACE TABLE {schema}.{BUILD_INFO_TABLE} ({BUILD_INFO_DDL})")
+    digest = digest_of(stats)
+    conn.execute(
+        f"INSERT INTO {schema}.{BUILD_INFO_TABLE} VALUES (?, ?, ?, ?, ?)",
+        [
+            datetime.now(UTC).replace(tzinfo=None),
+            json.dumps(build_info),
+            digest,
+            json.dumps(sorted(stats)),
+            json.dumps({k: [v[0], str(v[1])] for k, v in stats.items()}),
+        ],
+    )
+    return digest
+
+
 def read_build_info(conn: duckdb.DuckDBPyConnection, schema: str = MARTS_SCHEMA) -> dict | None:
     """What the published marts were built from: ``{"published_at", "fingerprint", "tables", **info}``
     with ``info`` as :func:`publish_tables` got it (``dbt_vars``, ``run_id``); None before any publish."""
-    if not _table_exists(conn, schema, BUILD_INFO_TABLE):
+    if not table_exists(conn, schema, BUILD_INFO_TABLE):
         return None
+    columns = {r[0] for r in conn.execute(f"DESCRIBE {schema}.{BUILD_INFO_TABLE}").fetchall()}
+    stats = "table_stats" if "table_stats" in columns else "NULL"
     row = conn.execute(
-        f"SELECT published_at, info, fingerprint, tables FROM {schema}.{BUILD_INFO_TABLE}"
+        f"SELECT published_at, info, fingerprint, tables, {stats} FROM {schema}.{BUILD_INFO_TABLE}"
     ).fetchone()
     if row is None:
         return None
@@ -203,6 +311,7 @@ def read_build_info(conn: duckdb.DuckDBPyConnection, schema: str = MARTS_SCHEMA)
         "published_at": row[0].isoformat(),
         "fingerprint": row[2],
         "tables": json.loads(row[3]),
+        "table_stats": {k: [c, int(h)] for k, (c, h) in json.loads(row[4]).items()} if row[4] else None,
     }
 
 
@@ -214,7 +323,7 @@ def replace_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, sou
     publish_tables(conn, schema, RAW_SCHEMA, list(RAW_DDL))
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
         conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",

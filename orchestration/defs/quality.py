@@ -37,6 +37,23 @@ def _mart_table(context: dg.AssetCheckExecutionContext, name: str) -> str:
     return f"{audit_schema(MARTS_SCHEMA, context.run.run_id)}.{name}"
 
 
+def ratings_expectations(quality: QualityThresholds) -> list:
+    """What every batch of events must satisfy, a whole load or a daily drop."""
+    e = _gx()
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToNotBeNull(column="user_id"),
+        e.ExpectColumnValuesToNotBeNull(column="item_id"),
+        e.ExpectColumnValuesToNotBeNull(column="ts"),
+        e.ExpectColumnValuesToBeBetween(
+            column="rating", min_value=quality.rating_min, max_value=quality.rating_max
+        ),
+        e.ExpectColumnValuesToBeBetween(column="ts", min_value=quality.earliest_ts, max_value=_now_ts()),
+        e.ExpectColumnValuesToBeUnique(column="event_seq"),
+        e.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "ts"]),
+    ]
+
+
 @dg.multi_asset_check(
     specs=[
         _suite(
@@ -52,19 +69,7 @@ def raw_ratings_suite(
 ):
     table = _raw_table(context, "ratings")
     frame = read_audit_table(warehouse, table, "select * from {table}")
-    e = _gx()
-    expectations = [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToNotBeNull(column="user_id"),
-        e.ExpectColumnValuesToNotBeNull(column="item_id"),
-        e.ExpectColumnValuesToNotBeNull(column="ts"),
-        e.ExpectColumnValuesToBeBetween(
-            column="rating", min_value=quality.rating_min, max_value=quality.rating_max
-        ),
-        e.ExpectColumnValuesToBeBetween(column="ts", min_value=quality.earliest_ts, max_value=_now_ts()),
-        e.ExpectColumnValuesToBeUnique(column="event_seq"),
-        e.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "ts"]),
-    ]
+    expectations = ratings_expectations(quality)
     yield from audited(run_suite(frame, table, expectations), RAW_SCHEMA)
 
 

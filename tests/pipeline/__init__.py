@@ -49,7 +49,10 @@ def copy_published_for_audit(database, layer: str, run_id: str) -> str:
         if layer == RAW_SCHEMA:
             conn.execute(f"create table {schema}.load_info as from {layer}.load_log limit 1")
         else:
-            conn.execute(f"create table {schema}.dbt_vars as select '{{}}'::json as vars")
+            conn.execute(
+                f"create table {schema}.dbt_vars as select '{{}}'::json as vars, "
+                "null::bigint as raw_load_seq, 'null'::json as delta"
+            )
     return schema
 
 

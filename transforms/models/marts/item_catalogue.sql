@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('delta_users') }}
 with train_stats as (
     select
         item_id,
@@ -6,7 +7,7 @@ with train_stats as (
         avg(rating) as mean_train_rating,
         min(ts) as first_train_ts,
         max(ts) as last_train_ts
-    from {{ ref('splits') }}
+    from {{ as_published('splits') }}
     where split = 'train'
     group by item_id
 ),
@@ -16,8 +17,8 @@ with train_stats as (
 -- popularity) (so that blockbusters do not follow everything). Collaborative signal the text can say.
 transitions as (
     select a.item_id, b.item_id as next_item_id, count(*) as n
-    from {{ ref('splits') }} as a
-    inner join {{ ref('splits') }} as b
+    from {{ as_published('splits') }} as a
+    inner join {{ as_published('splits') }} as b
         on
             a.user_id = b.user_id
             and b.position > a.position

@@ -5,6 +5,7 @@ select
     ts,
     event_at,
     event_seq,
+    drop_date,
     position,
     is_like,
     is_cold_item,

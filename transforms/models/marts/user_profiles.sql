@@ -1,3 +1,4 @@
+-- depends_on: {{ ref('delta_users') }}
 with activity as (
     select
         user_id,
@@ -7,6 +8,13 @@ with activity as (
         max(ts) as last_ts
     from {{ ref('splits') }}
     group by user_id
+    {% if delta() %}
+        -- an incremental build's splits hold the touched users: the others keep their published activity
+        union all
+        select user_id, n_events, n_train_events, first_ts, last_ts
+        from {{ delta().published_schema }}.user_profiles
+        where user_id not in (select user_id from {{ ref('delta_users') }})
+    {% endif %}
 )
 
 select
