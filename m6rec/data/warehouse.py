@@ -269,9 +269,12 @@ def append_load_log(
 
 
 def _upgrade_load_log(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
-    """A warehouse written before loads were numbered: add the columns (old loads keep NULL)."""
-    conn.execute(f"ALTER TABLE {schema}.load_log ADD COLUMN IF NOT EXISTS load_seq BIGINT")
-    conn.execute(f"ALTER TABLE {schema}.load_log ADD COLUMN IF NOT EXISTS drop_date DATE")
+    """A warehouse written before loads were numbered: add the columns (old loads and rows keep NULL,
+    so the next dbt build is a whole one)."""
+    for table in ("load_log", "ratings"):
+        if table_exists(conn, schema, table):
+            conn.execute(f"ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS load_seq BIGINT")
+            conn.execute(f"ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS drop_date DATE")
 
 
 def write_build_info(

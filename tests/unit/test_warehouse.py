@@ -79,3 +79,19 @@ def test_connections_cap_duckdb_memory(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("M6REC_DUCKDB_MEMORY_LIMIT", "256MB")
     with connect(tmp_path / "w.duckdb") as conn:
         assert conn.execute("select current_setting('memory_limit')").fetchone()[0] == "244.1 MiB"
+
+
+def test_a_warehouse_from_before_numbered_loads_gets_the_columns(tmp_path: Path) -> None:
+    """raw.ratings / raw.load_log written by an older m6rec: the first numbered load adds the columns
+    (old rows keep NULL, so the next dbt build is a whole one) and counts from 1."""
+    from m6rec.data.warehouse import next_load_seq
+
+    with connect(tmp_path / "old.duckdb") as conn:
+        conn.execute("create schema raw")
+        conn.execute("create table raw.ratings (user_id varchar, item_id varchar, rating double, ts bigint)")
+        conn.execute("create table raw.load_log (loaded_at timestamp, source varchar)")
+        conn.execute("insert into raw.load_log values (now(), 'old')")
+        assert next_load_seq(conn) == 1
+        for table in ("ratings", "load_log"):
+            columns = [r[0] for r in conn.execute(f"describe raw.{table}").fetchall()]
+            assert columns[-2:] == ["load_seq", "drop_date"], table

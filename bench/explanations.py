@@ -1,0 +1,130 @@
+"""Are the served explanations true, and do they cite evidence? Over a seeded sample of test users (300
+by default): each user's history (every event before their test event, with ratings, as a client
+would send it), their top recommendation from the champion bundle (`POST /recommend` semantics,
+k=1, seen items excluded), and the explanation of it by each method the service offers — the bundle's
+language model (`method: language_model`) and the history template (`method: history`) — checked
+by the rules of `m6rec.evaluation.explanations` (false statement; real evidence cited).
+
+It runs the serving engine in-process on the bundle `make run` promoted (data/artifacts/champion) and
+the marts of the same warehouse. Usage:
+    python bench/explanations.py [--users 300] [--bundle DIR] [--warehouse FILE] [--max-history 50]
+Writes bench/results/explanations.json (one row per method, with the rates, timings and examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle", default=str(REPO / "data" / "artifacts" / "champion"))
+    parser.add_argument("--warehouse", default=str(REPO / "data" / "warehouse.duckdb"))
+    parser.add_argument("--max-history", type=int, default=50, help="most recent events sent per request")
+    parser.add_argument("--methods", nargs="+", default=["language_model", "history"])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "explanations.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("M6REC_TORCH_THREADS", str(os.cpu_count() or 1))
+
+    import torch
+    from bench_common import cpu_model
+
+    from m6rec.data.marts import load_rec_data
+    from m6rec.evaluation.explanations import check_explanation, summarise
+    from m6rec.serving.engine import Engine
+    from m6rec.serving.schemas import ExplainRequest, HistoryItem, RecommendRequest, UserProfile
+    from m6rec.text.textify import Event
+
+    torch.set_num_threads(int(os.environ["M6REC_TORCH_THREADS"]))
+    engine = Engine(args.bundle)
+    data = load_rec_data(args.warehouse)
+    texts = dict(zip(data.items["item_id"].astype(str), data.item_texts(), strict=True))
+    profiles = dict(zip(data.users["user_id"].astype(str), data.profiles(), strict=True))
+    test = data.holdout("test")
+    rng = np.random.default_rng(args.seed)
+    users = sorted(rng.choice(test["user_id"].astype(str).unique(), size=args.users, replace=False))
+    is_like = engine.rec.contract.is_like
+
+    cases = []
+    events = data.events.assign(
+        user_id=data.events["user_id"].astype(str), item_id=data.events["item_id"].astype(str)
+    )
+    for user in users:
+        target_pos = int(test.loc[test["user_id"].astype(str) == user, "position"].iloc[0])
+        past = events[(events["user_id"] == user) & (events["position"] < target_pos)].sort_values("position")
+        past = past[past["item_id"].isin(engine.rec.index)].tail(args.max_history)
+        history = [
+            HistoryItem(
+                item_id=r.item_id, rating=None if r.rating != r.rating else float(r.rating), ts=int(r.ts)
+            )
+            for r in past.itertuples()
+        ]
+        p = profiles.get(user)
+        profile = UserProfile(age=p.age, gender=p.gender, occupation=p.occupation) if p else None
+        top = engine.recommend(RecommendRequest(history=history, profile=profile, k=1)).items[0].item_id
+        cases.append((user, history, profile, top))
+
+    rows = []
+    for method in args.methods:
+        checks, examples, seconds = [], [], []
+        for user, history, profile, top in cases:
+            start = time.perf_counter()
+            request = ExplainRequest(history=history, item_id=top, profile=profile, method=method)
+            answer = engine.explain(request)
+            seconds.append(time.perf_counter() - start)
+            past = [Event(texts[h.item_id], h.ts, h.rating) for h in history]
+            check = check_explanation(
+                answer.explanation, texts[top], past, catalogue=texts.values(), is_like=is_like
+            )
+            checks.append(check)
+            if len(examples) < 8:
+                examples.append(
+                    {
+                        "user_id": user,
+                        "item_id": top,
+                        "explanation": answer.explanation,
+                        "source": answer.explanation_source,
+                        "false_claims": check.false_claims,
+                        "evidence": check.evidence,
+                    }
+                )
+        rows.append(
+            {
+                "method": method,
+                "explainer": engine.explainer_status if method == "language_model" else "template",
+                **summarise(checks),
+                "seconds_per_explanation_p50": round(float(np.median(seconds)), 3),
+                "examples": examples,
+            }
+        )
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "examples"}), flush=True)
+
+    report = {
+        "command": " ".join(["python bench/explanations.py", *sys.argv[1:]]),
+        "users": len(cases),
+        "seed": args.seed,
+        "bundle": str(Path(args.bundle).resolve().relative_to(REPO))
+        if REPO in Path(args.bundle).resolve().parents
+        else args.bundle,
+        "model": engine.model_tag,
+        "cpu": cpu_model(),
+        "targets": {"false_statement_rate_at_most": 0.05, "evidence_rate_at_least": 0.8},
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

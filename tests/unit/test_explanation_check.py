@@ -1,0 +1,92 @@
+"""The explanation rules on hand-written sentences: each false one is caught for the reason it is false,
+each true one passes, and evidence is recognised only where it is cited."""
+
+from __future__ import annotations
+
+import pytest
+
+from m6rec.evaluation.explanations import check_explanation, summarise
+from m6rec.text.textify import Event, ItemText
+
+STAR_WARS = ItemText("Star Wars (1977)", 1977, ("Action", "Adventure", "Romance", "Sci-Fi", "War"))
+EMPIRE = ItemText(
+    "Empire Strikes Back, The (1980)", 1980, ("Action", "Adventure", "Drama", "Romance", "Sci-Fi", "War")
+)
+SCHINDLER = ItemText("Schindler's List (1993)", 1993, ("Drama", "War"))
+TOY_STORY = ItemText("Toy Story (1995)", 1995, ("Animation", "Children's", "Comedy"))
+HEAT = ItemText("Heat (1995)", 1995, ("Action", "Crime", "Thriller"))
+GODFATHER = ItemText("Godfather, The (1972)", 1972, ("Action", "Crime", "Drama"))
+CATALOGUE = [STAR_WARS, EMPIRE, SCHINDLER, TOY_STORY, HEAT, GODFATHER]
+HISTORY = [
+    Event(STAR_WARS, 100, 5.0),
+    Event(EMPIRE, 200, 5.0),
+    Event(GODFATHER, 300, 4.0),
+    Event(TOY_STORY, 400, 2.0),
+]
+
+
+def check(text: str, candidate: ItemText, **kwargs):
+    return check_explanation(text, candidate, HISTORY, catalogue=CATALOGUE, **kwargs)
+
+
+FALSE = [
+    # the issue's own example: Schindler's List is not sci-fi
+    (
+        SCHINDLER,
+        "He will like Schindler's List (1993; Drama, War) because it's a classic sci-fi film that's both "
+        "a movie and a moviegoer's favorite.",
+        "Sci-Fi",
+    ),
+    (HEAT, "He will like Heat (1995) because it is a romantic comedy.", "Comedy"),
+    (HEAT, "He will like Heat (1995) because he watched Schindler's List.", "not in the user's history"),
+    (HEAT, "He will like Heat (1995) because he rated The Godfather 5 stars.", "rated 5"),
+    (HEAT, "He will like Heat (1995) because he loved Toy Story.", "liked Toy Story"),
+    (HEAT, "He will like Heat (1995) because it came out in 1987, like his favourites.", "1987"),
+    (HEAT, "He will like Heat (1995) because he likes documentaries.", "Documentary"),
+    (HEAT, "He will like Heat (1995) because he gave it 4 stars.", "no one cited item"),
+]
+TRUE = [
+    (HEAT, "He will like Heat (1995) because he liked The Godfather, another crime film.", True),
+    (
+        HEAT,
+        "He will like Heat (1995) because he rated The Godfather 4 stars and it is an action thriller.",
+        True,
+    ),
+    (
+        SCHINDLER,
+        "He will like Schindler's List (1993) because he loved Star Wars and The Empire Strikes Back, "
+        "which are war films.",
+        True,
+    ),
+    (HEAT, "He will like Heat (1995) because it is a gripping crime thriller from 1995.", True),
+    (
+        EMPIRE,
+        "He will like The Empire Strikes Back because he enjoyed Star Wars (1977), a sci-fi adventure.",
+        True,
+    ),
+    (HEAT, "He will like Heat (1995) because it is a great movie.", False),  # true, but cites nothing
+]
+
+
+@pytest.mark.parametrize(("candidate", "text", "why"), FALSE)
+def test_false_statements_are_caught(candidate: ItemText, text: str, why: str) -> None:
+    result = check(text, candidate)
+    assert result.is_false, text
+    assert any(why in claim for claim in result.false_claims), result.false_claims
+
+
+@pytest.mark.parametrize(("candidate", "text", "evidence"), TRUE)
+def test_true_statements_pass_and_evidence_is_recognised(
+    candidate: ItemText, text: str, evidence: bool
+) -> None:
+    result = check(text, candidate)
+    assert not result.is_false, result.false_claims
+    assert result.cites_evidence is evidence, result.evidence
+
+
+def test_the_query_counts_as_evidence_and_the_rates_summarise() -> None:
+    text = 'He will like Toy Story (1995) because it matches the request "an animated film for kids".'
+    with_query = check(text, TOY_STORY, query="an animated film for kids")
+    assert with_query.cites_evidence and not with_query.is_false
+    bare = check("He will like Heat (1995) because it is a romantic comedy.", HEAT)
+    assert summarise([with_query, bare]) == {"n": 2, "false_statement_rate": 0.5, "evidence_rate": 0.5}
