@@ -15,13 +15,17 @@ import torch
 from pydantic import ValidationError
 
 from m6rec.serving.bundle import package_version
-from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery, Scored
+from m6rec.serving.dialogue import TitleIndex, Turn, understand
+from m6rec.serving.recommender import HistoryEvent, RankJob, Recommender, RecommendQuery, Scored
 from m6rec.serving.schemas import (
     MAX_CANDIDATES,
     MAX_HISTORY,
     MAX_K,
     MAX_QUERY_CHARS,
     BatchItem,
+    ChatRequest,
+    ChatResponse,
+    ChatUnderstood,
     ExplainMethod,
     ExplainRequest,
     ExplainResponse,
@@ -42,6 +46,7 @@ from m6rec.text.textify import Event, Profile, clean_title, pronoun
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 20
+CHAT_RERANK = 20  # retrieved items the ranker re-scores for a dialogue that names (or has) a history
 AUTOCAST_MODES = ("off", "bf16")
 DEFAULT_LM_EXPLAIN_TOP = 5  # /recommend: the language model explains this many top items at most
 
@@ -104,6 +109,10 @@ class Engine:
             tuple(str(g) for g in gs) if isinstance(gs, list | tuple | np.ndarray) else ()
             for gs in self.rec.items["genres"]
         ]
+        self._years = np.array(
+            [np.nan if t.release_year is None else float(t.release_year) for t in self.rec.texts]
+        )
+        self._titles = TitleIndex.build(self.rec.titles, [t.release_year for t in self.rec.texts])
 
     def _precision(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast for the retrieval and ranking passes when M6REC_AUTOCAST=bf16 (CPUs with
@@ -353,6 +362,68 @@ class Engine:
         similar = self.rec.similar_items(req.item_id, req.k)
         items = [ScoredItem(item_id=s.item_id, title=s.title, score=s.score) for s in similar]
         return SimilarItemsResponse(item_id=req.item_id, items=items, model=self.model_tag)
+
+    def chat(self, req: ChatRequest) -> ChatResponse:
+        """Recommend from a dialogue (M6-Rec's conversational task): the titles the user names become
+        history, retrieval runs on that history plus the dialogue as text, the ranker re-scores the best
+        ``CHAT_RERANK`` when there is a history; items the system offered before or the user turned
+        down are never offered, and "older"/"newer" keeps items older/newer than the last turn's first
+        offer."""
+        title = "chat request"
+        history = self._events(req.history)
+        self._check_ids(title, [(("history", i, "item_id"), e.item_id) for i, e in enumerate(history)])
+        self._check_k(title, req.k, self.n_items, "the catalogue")
+        said = understand([Turn(t.role, t.text) for t in req.turns], self._titles)
+        ids = self.rec.item_ids
+        known = {e.item_id for e in history}
+        history += [HistoryEvent(str(ids[i]), None, None) for i in said.liked if str(ids[i]) not in known]
+        blocked = set(self.rec._indices([e.item_id for e in history]).tolist())
+        blocked |= set(said.offered) | set(said.disliked)
+        profile = req.profile.to_profile() if req.profile else None
+        query = RecommendQuery(history, req.k, profile, said.text, rerank=0, exclude_seen=False)
+        pool = max(req.k, CHAT_RERANK)
+        with self._precision():
+            [(idx, scores)] = self.rec._candidates([query], [pool + len(blocked)])
+            keep = ~np.isin(idx, list(blocked))
+            ref = self._years[said.last_offered[0]] if said.constraint and said.last_offered else np.nan
+            if np.isfinite(ref):  # older / newer than the first item the last system turn offered
+                keep &= self._years[idx] < ref if said.constraint == "older" else self._years[idx] > ref
+            idx, scores = idx[keep], scores[keep]
+            order = np.argsort(-scores, kind="stable")[:pool]
+            idx, scores = idx[order], scores[order]
+            if history and len(idx):
+                now = max((e.ts for e in history if e.ts is not None), default=None)
+                [scores] = self.rec.rank_batch([RankJob(history, ids[idx].tolist(), profile, now)])
+        top = np.argsort(-np.asarray(scores), kind="stable")[: req.k]
+        items = [
+            ScoredItem(item_id=str(ids[idx[i]]), title=str(self.rec.titles[idx[i]]), score=float(scores[i]))
+            for i in top
+        ]
+        return ChatResponse(
+            items=items,
+            reply=self._chat_reply([int(idx[i]) for i in top], said),
+            understood=ChatUnderstood(
+                liked=[str(ids[i]) for i in said.liked],
+                disliked=[str(ids[i]) for i in dict.fromkeys(said.disliked)],
+                already_offered=[str(ids[i]) for i in said.offered],
+                constraint=said.constraint if said.last_offered else None,
+            ),
+            model=self.model_tag,
+        )
+
+    def _chat_reply(self, top: list[int], said) -> str:
+        """One or two sentences naming the first two items, and why (what the dialogue said)."""
+        if not top:
+            return "I have nothing left that fits: every match was offered, turned down or ruled out already."
+        names = [self._display(i) for i in top[:2]]
+        offer = names[0] if len(names) == 1 else f"{names[0]} or {names[1]}"
+        if said.constraint and said.last_offered:
+            return (
+                f"Something {said.constraint} than {self._display(said.last_offered[0])}: how about {offer}?"
+            )
+        if said.liked:
+            return f"Since you liked {self._display(said.liked[0])}, how about {offer}?"
+        return f"How about {offer}?"
 
     def model_info(self) -> ModelInfo:
         manifest = self.rec.manifest

@@ -281,6 +281,35 @@ class SimilarItemsRequest(_Strict):
     k: TopK = 10
 
 
+MAX_CHAT_TURNS = 40
+
+
+class ChatTurn(_Strict):
+    role: Literal["user", "system"] = Field(description="who said it: the user, or this service")
+    text: Annotated[str, _Text(MAX_QUERY_CHARS, min_length=1)]
+
+
+class ChatRequest(_Strict):
+    model_config = ConfigDict(title="chat request")
+
+    turns: Annotated[list[ChatTurn], Field(min_length=1, max_length=MAX_CHAT_TURNS)] = Field(
+        description="the dialogue so far, oldest first; send the service's own replies back as system turns "
+        'so that "not that one" / "something older" refer to them'
+    )
+    history: History = Field(default_factory=list, description="optional: what the user watched before")
+    profile: UserProfile | None = None
+    k: TopK = 5
+
+
+class ChatUnderstood(BaseModel):
+    liked: list[str] = Field(description="catalogue items the user named (used as history)")
+    disliked: list[str] = Field(description="items the user named with a negation (never recommended)")
+    already_offered: list[str] = Field(description="items named in system turns (not offered again)")
+    constraint: Literal["older", "newer"] | None = Field(
+        description="on the last user turn, relative to what the last system turn offered"
+    )
+
+
 class ScoredItem(BaseModel):
     item_id: str
     title: str
@@ -292,6 +321,15 @@ class ScoredItem(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[ScoredItem]
     mode: Literal["history", "query", "history+query"]
+    model: str
+
+
+class ChatResponse(BaseModel):
+    items: list[ScoredItem]
+    reply: str = Field(
+        description="one or two sentences naming the top items, to show as the next system turn"
+    )
+    understood: ChatUnderstood
     model: str
 
 

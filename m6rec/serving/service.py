@@ -44,6 +44,8 @@ from m6rec.serving.schemas import (
     MAX_BATCH,
     SEMANTIC_REJECTIONS,
     BatchItem,
+    ChatRequest,
+    ChatResponse,
     ErrorBody,
     ExplainRequest,
     ExplainResponse,
@@ -70,6 +72,7 @@ SEMANTIC_400: dict[str, tuple[str, ...]] = {
     "rank": ("unknown_item",),
     "explain": ("unknown_item", "no_language_model"),
     "similar_items": ("unknown_item", "k_too_large"),
+    "chat": ("unknown_item", "k_too_large"),
     "model_info": (),
 }
 
@@ -310,6 +313,12 @@ class M6Rec:
     def explain(self, request: ExplainRequest, /) -> ExplainResponse:
         """Why this user would like this item, with the behaviour text the models read."""
         return self.engine.explain(request)
+
+    @bentoml.api
+    def chat(self, request: ChatRequest, /) -> ChatResponse:
+        """Conversational recommendation: the dialogue so far (user and system turns) in, the top items and
+        a one- or two-sentence reply naming them out."""
+        return self.engine.chat(request)
 
     @bentoml.api
     def similar_items(self, request: SimilarItemsRequest, /) -> SimilarItemsResponse:

@@ -48,6 +48,7 @@ ALLOWED_SEMANTIC_400: dict[str, set[str]] = {
     "POST /rank": {"unknown_item"},
     "POST /explain": {"unknown_item", "no_language_model"},
     "POST /similar_items": {"unknown_item", "k_too_large"},
+    "POST /chat": {"unknown_item", "k_too_large"},
 }
 POST_OPERATIONS = {f"POST {api.route}" for api in M6Rec.apis.values()}
 ERROR_STATUSES = {"400", "415", "429", "500", "504"}  # every operation; 503 too when batchable

@@ -17,6 +17,7 @@ from m6rec.serving.packaging import BundleError, import_bundle
 from m6rec.serving.schemas import (
     MAX_HISTORY,
     SEMANTIC_REJECTIONS,
+    ChatRequest,
     ExplainRequest,
     RankRequest,
     RecommendBatch,
@@ -25,6 +26,7 @@ from m6rec.serving.schemas import (
 )
 from tests.bundle_fixtures import TINY_METRICS, build_tiny_bundle
 
+TURNS = [{"role": "user", "text": "I liked Movie number 3; something like it?"}]
 HISTORY = [
     {"item_id": "i1", "rating": 5, "ts": 1_000_000},  # Comedy, liked
     {"item_id": "i5", "rating": 2, "ts": 1_086_400},  # Comedy, disliked
@@ -320,6 +322,10 @@ def test_the_engine_refuses_only_with_the_documented_semantic_types(engine: Engi
             lambda: engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "x"})),
             lambda: engine.similar_items(SimilarItemsRequest.model_validate({"item_id": "i1", "k": 40})),
         ],
+        "chat": [
+            lambda: engine.chat(ChatRequest.model_validate({"turns": TURNS, "history": [{"item_id": "x"}]})),
+            lambda: engine.chat(ChatRequest.model_validate({"turns": TURNS, "k": 41})),
+        ],
     }
     raised = {name: {e["type"] for call in fns for e in domain_errors(call)} for name, fns in calls.items()}
     assert raised == {name: set(kinds) for name, kinds in SEMANTIC_400.items() if kinds}
@@ -328,6 +334,13 @@ def test_the_engine_refuses_only_with_the_documented_semantic_types(engine: Engi
 
 # Bodies at the edges of every rule; for each, the published JSON Schema and the pydantic model must agree.
 SCHEMA_EDGES: list[tuple[str, Any]] = [
+    ("chat", {"turns": TURNS}),
+    ("chat", {"turns": []}),
+    ("chat", {"turns": [{"role": "assistant", "text": "hi"}]}),
+    ("chat", {"turns": [{"role": "user", "text": "  "}]}),
+    ("chat", {"turns": TURNS * 20}),
+    ("chat", {"turns": TURNS * 21}),
+    ("chat", {"turns": TURNS, "k": 0}),
     ("recommend", {}),
     ("recommend", {"query": "x"}),
     ("recommend", {"query": "   "}),
@@ -376,6 +389,7 @@ REQUEST_TYPES: dict[str, Any] = {
     "rank": RankRequest,
     "explain": ExplainRequest,
     "similar_items": SimilarItemsRequest,
+    "chat": ChatRequest,
 }
 
 
