@@ -16,3 +16,38 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def string_ids(frame, columns: tuple[str, ...] = ("user_id", "item_id")):
+    """``frame`` with its id columns as str (marts keep MovieLens ids as they were read; requests and
+    the bundle's index use strings)."""
+    return frame.assign(**{c: frame[c].astype(str) for c in columns if c in frame.columns})
+
+
+def add_champion_args(parser, repo: Path) -> None:
+    """The flags of the benchmarks that run the served model in-process on a sample of test users."""
+    parser.add_argument("--users", type=int, default=300, help="test users sampled (seeded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle", default=str(repo / "data" / "artifacts" / "champion"))
+    parser.add_argument("--warehouse", default=str(repo / "data" / "warehouse.duckdb"))
+
+
+def open_champion(args):
+    """``(engine, data, events, test, users)``: the serving engine on ``--bundle`` (torch on every core
+    unless ``M6REC_TORCH_THREADS`` says otherwise), the marts of ``--warehouse``, its events and test
+    split with str ids, and ``--users`` test users drawn with ``--seed``."""
+    import os
+
+    import numpy as np
+    import torch
+
+    from m6rec.data.marts import load_rec_data
+    from m6rec.serving.engine import Engine
+
+    torch.set_num_threads(int(os.environ.get("M6REC_TORCH_THREADS", os.cpu_count() or 1)))
+    engine = Engine(args.bundle)
+    data = load_rec_data(args.warehouse)
+    events, test = string_ids(data.events), string_ids(data.holdout("test"))
+    rng = np.random.default_rng(args.seed)
+    users = sorted(rng.choice(test["user_id"].unique(), size=args.users, replace=False))
+    return engine, data, events, test, users

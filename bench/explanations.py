@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import add_champion_args, cpu_model, open_champion
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,41 +28,24 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bundle", default=str(REPO / "data" / "artifacts" / "champion"))
-    parser.add_argument("--warehouse", default=str(REPO / "data" / "warehouse.duckdb"))
+    add_champion_args(parser, REPO)
     parser.add_argument("--max-history", type=int, default=50, help="most recent events sent per request")
     parser.add_argument("--methods", nargs="+", default=["language_model", "history"])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "explanations.json"))
     args = parser.parse_args()
-    os.environ.setdefault("M6REC_TORCH_THREADS", str(os.cpu_count() or 1))
 
-    import torch
-    from bench_common import cpu_model
-
-    from m6rec.data.marts import load_rec_data
     from m6rec.evaluation.explanations import check_explanation, summarise
-    from m6rec.serving.engine import Engine
     from m6rec.serving.schemas import ExplainRequest, HistoryItem, RecommendRequest, UserProfile
     from m6rec.text.textify import Event
 
-    torch.set_num_threads(int(os.environ["M6REC_TORCH_THREADS"]))
-    engine = Engine(args.bundle)
-    data = load_rec_data(args.warehouse)
+    engine, data, events, test, users = open_champion(args)
     texts = dict(zip(data.items["item_id"].astype(str), data.item_texts(), strict=True))
     profiles = dict(zip(data.users["user_id"].astype(str), data.profiles(), strict=True))
-    test = data.holdout("test")
-    rng = np.random.default_rng(args.seed)
-    users = sorted(rng.choice(test["user_id"].astype(str).unique(), size=args.users, replace=False))
     is_like = engine.rec.contract.is_like
 
     cases = []
-    events = data.events.assign(
-        user_id=data.events["user_id"].astype(str), item_id=data.events["item_id"].astype(str)
-    )
     for user in users:
-        target_pos = int(test.loc[test["user_id"].astype(str) == user, "position"].iloc[0])
+        target_pos = int(test.loc[test["user_id"] == user, "position"].iloc[0])
         past = events[(events["user_id"] == user) & (events["position"] < target_pos)].sort_values("position")
         past = past[past["item_id"].isin(engine.rec.index)].tail(args.max_history)
         history = [

@@ -20,7 +20,7 @@ import pandas as pd
 
 from m6rec.data.sources import _files, _ratings
 from m6rec.data.tabular import LINE, DataFormatError, read_table
-from m6rec.data.warehouse import RAW_DDL, RAW_SCHEMA, append_load_log, next_load_seq
+from m6rec.data.warehouse import RAW_DDL, RAW_SCHEMA, append_load_log, next_load_seq, transaction
 
 DROP_TABLE = "ratings_drop"
 
@@ -110,8 +110,7 @@ def publish_drops(conn: duckdb.DuckDBPyConnection, schema: str) -> dict[str, int
         str(d): n
         for d, n in conn.execute(f"select drop_date, count(*) from {table} group by 1 order by 1").fetchall()
     }
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         seq = next_load_seq(conn, RAW_SCHEMA)
         conn.execute(f"DELETE FROM {RAW_SCHEMA}.ratings WHERE drop_date IN (SELECT drop_date FROM {table})")
         base = conn.execute(f"select coalesce(max(event_seq) + 1, 0) from {RAW_SCHEMA}.ratings").fetchone()[0]
@@ -129,9 +128,5 @@ def publish_drops(conn: duckdb.DuckDBPyConnection, schema: str) -> dict[str, int
                 "? AS ratings, 0 AS items, 0 AS users, ? AS load_seq, ?::date AS drop_date",
                 [now, str(Path(min(paths)).parent), json.dumps(sorted(paths)), days[str(day)], seq, day],
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     return days

@@ -91,6 +91,19 @@ def contract_columns(table: str) -> list[str]:
     return [column.split()[0] for column in RAW_DDL[table].split(", ")]
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One DuckDB transaction around the block: committed when it ends, rolled back on any error (readers
+    see all of it or none)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def audit_schema(layer: str, run_id: str) -> str:
     """The schema one run writes ``layer`` (``raw`` or ``marts``) into before its suites pass: one per
     run, so two runs at once never audit or publish each other's tables."""
@@ -103,8 +116,7 @@ def stage_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, sourc
     that :func:`publish_tables` appends to ``raw.load_log`` when the load is published."""
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     frames = {"ratings": dataset.ratings, "items": dataset.items, "users": dataset.users}
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         for name, frame in frames.items():
             conn.register(f"_incoming_{name}", frame)
             columns = ", ".join(c for c in contract_columns(name) if c not in ASSIGNED_AT_PUBLISH)
@@ -126,10 +138,6 @@ def stage_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, sourc
                 counts["users"],
             ],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def schema_exists(conn: duckdb.DuckDBPyConnection, schema: str) -> bool:
@@ -189,8 +197,7 @@ def publish_tables(
     stats = table_stats(conn, source_schema, tables)
     digest = digest_of(stats)
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {target_schema}")
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         is_load = table_exists(conn, source_schema, "load_info")
         load_seq = next_load_seq(conn, target_schema) if is_load else None
         for name in tables:
@@ -206,10 +213,6 @@ def publish_tables(
             append_load_log(conn, target_schema, log_row)
         if build_info is not None:
             write_build_info(conn, target_schema, build_info, stats)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     conn.execute(f"DROP SCHEMA IF EXISTS {source_schema} CASCADE")
     return digest
 
@@ -231,8 +234,7 @@ def merge_delta(
     tables are never re-read whole). Then drop the audit schema. Returns the new fingerprint."""
     stats = {name: list(previous_stats[name]) for name in per_user}
     users = f"(SELECT user_id FROM {source_schema}.{users_table})"
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         for name in per_user:
             removed = relation_stats(conn, f"(SELECT * FROM {target_schema}.{name} WHERE user_id IN {users})")
             added = relation_stats(conn, f"{source_schema}.{name}")
@@ -243,10 +245,6 @@ def merge_delta(
             conn.execute(f"CREATE OR REPLACE TABLE {target_schema}.{name} AS FROM {source_schema}.{name}")
             stats[name] = relation_stats(conn, f"{target_schema}.{name}")
         digest = write_build_info(conn, target_schema, build_info, stats)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     conn.execute(f"DROP SCHEMA IF EXISTS {source_schema} CASCADE")
     return digest
 

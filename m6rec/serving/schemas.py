@@ -55,7 +55,7 @@ ExplainMethod = Literal["auto", "language_model", "history"]
 SEMANTIC_REJECTIONS: dict[str, str] = {
     "unknown_item": "an item id (in `history`, `candidates` or `item_id`) that is not in the served "
     "model's catalogue (/model_info reports its size, `n_items`)",
-    "k_too_large": "`k` larger than the catalogue (/recommend) or than the rest of it, `n_items - 1` "
+    "k_too_large": "`k` larger than the catalogue (/recommend, /chat) or than the rest of it, `n_items - 1` "
     "(/similar_items)",
     "no_language_model": '`method: "language_model"` when the served bundle has no explainer '
     "(/model_info: `explainer.status`)",
