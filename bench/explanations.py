@@ -37,9 +37,12 @@ def main() -> None:
     from m6rec.evaluation.explanations import check_explanation, summarise
     from m6rec.serving.schemas import ExplainRequest, HistoryItem, RecommendRequest, UserProfile
     from m6rec.text.textify import Event
+    from m6rec.text.titles import TitleIndex
 
     engine, data, events, test, users = open_champion(args)
     texts = dict(zip(data.items["item_id"].astype(str), data.item_texts(), strict=True))
+    catalogue = list(texts.values())
+    index = TitleIndex.build([t.title for t in catalogue], [t.release_year for t in catalogue])
     profiles = dict(zip(data.users["user_id"].astype(str), data.profiles(), strict=True))
     is_like = engine.rec.contract.is_like
 
@@ -69,7 +72,7 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
             past = [Event(texts[h.item_id], h.ts, h.rating) for h in history]
             check = check_explanation(
-                answer.explanation, texts[top], past, catalogue=texts.values(), is_like=is_like
+                answer.explanation, texts[top], past, catalogue=catalogue, index=index, is_like=is_like
             )
             checks.append(check)
             if len(examples) < 8:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from m6rec.text.textify import Event, ItemText, clean_title
+from m6rec.text.titles import TitleIndex, normalise
 
 # Words that name a genre, by the genre (MovieLens' names; a generic catalogue's genres are matched
 # by their own lowercase names too).
@@ -114,12 +115,16 @@ def check_explanation(
     candidate: ItemText,
     history: Sequence[Event],
     *,
-    catalogue: Iterable[ItemText] = (),
+    catalogue: Sequence[ItemText] = (),
+    index: TitleIndex | None = None,
     is_like=lambda rating: rating is None or rating > 3,
     query: str | None = None,
 ) -> ExplanationCheck:
-    """Check one explanation of ``candidate`` for a user with ``history`` (``catalogue``: every item,
-    so that a cited title the user never watched is caught; ``is_like``: the marts' like rule)."""
+    """Check one explanation of ``candidate`` for a user with ``history`` (``catalogue``: every item, so
+    that a cited title the user never watched is caught, with ``index`` its prebuilt
+    :class:`~m6rec.text.titles.TitleIndex` when checking many; ``is_like``: the marts' like rule)."""
+    if index is None:
+        index = TitleIndex.build([i.title for i in catalogue], [i.release_year for i in catalogue])
     result = ExplanationCheck()
     full = _norm(text)
     reason = full.split(" because ", 1)[1] if " because " in full else full
@@ -130,9 +135,6 @@ def check_explanation(
     watched: dict[str, Event] = {}
     for event in history:
         watched.setdefault(_title_key(event.item), event)
-    others = {
-        _title_key(i): i for i in catalogue if _title_key(i) not in watched and _title_key(i) != cand_key
-    }
     extra_genres = {g for i in [candidate, *(e.item for e in history)] for g in i.genres}
     history_genres = {g for e in history for g in e.item.genres}
     liked_genres = {g for e in history if is_like(e.rating) for g in e.item.genres}
@@ -142,9 +144,13 @@ def check_explanation(
         for e in cited:
             result.evidence.append(f"cites {e.item.title} from the history")
         # an item the user never watched, cited (titles of 4+ characters: "Heat" yes, "Up" no)
-        for key, item in others.items():
-            if len(key) >= 4 and _mentions(clause, key) and not any(key in _title_key(e.item) for e in cited):
-                result.false_claims.append(f"cites {item.title}, which is not in the user's history")
+        words = normalise(clause).split()
+        for start, end, hits in index.find(clause):
+            named = " ".join(words[start:end])
+            if any(named in normalise(_title_key(e.item)) for e in cited) or named in normalise(cand_key):
+                continue
+            for i in hits:
+                result.false_claims.append(f"cites {catalogue[i].title}, which is not in the user's history")
         # years
         allowed_years = {candidate.release_year} | {e.item.release_year for e in cited}
         allowed_years |= {clean_title(e.item.title, e.item.release_year)[1] for e in cited}

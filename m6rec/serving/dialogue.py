@@ -8,9 +8,7 @@ was offered last), and the dialogue itself as one text for the text encoder. No 
 dialogues; :class:`~m6rec.serving.engine.Engine.chat` retrieves with the named items as history plus
 the text, then ranks.
 
-Titles are found by exact word n-grams over a normalised title index (no scan of the catalogue per
-request), the longest match first, titles of at least four characters (so "Up" or "It" in a sentence
-are not taken for films).
+Titles are found with :class:`m6rec.text.titles.TitleIndex`.
 """
 
 from __future__ import annotations
@@ -19,53 +17,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from m6rec.text.textify import clean_title
+from m6rec.text.titles import TitleIndex, normalise
 
-MAX_TITLE_WORDS = 10
-MIN_TITLE_CHARS = 4
 NEGATIONS = ("not", "no", "hated", "disliked", "didn't like", "did not like", "don't like", "nothing like")
 OLDER = re.compile(r"\b(older|earlier|classic|from before|less recent)\b")
 NEWER = re.compile(r"\b(newer|more recent|recent|latest|modern)\b")
-
-
-def normalise(text: str) -> str:
-    """Lowercase words joined by single spaces (punctuation dropped, apostrophes kept)."""
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower().replace("’", "'")))
-
-
-@dataclass
-class TitleIndex:
-    """Normalised title (year and a trailing ", The" folded in) -> catalogue indices; also keyed without
-    a leading article, as people say "Empire Strikes Back"."""
-
-    keys: dict[str, list[int]] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, titles: Sequence[str], years: Sequence[int | None]) -> TitleIndex:
-        index = cls()
-        for i, (title, year) in enumerate(zip(titles, years, strict=True)):
-            clean, _ = clean_title(str(title), year)
-            key = normalise(clean)
-            for variant in {key, re.sub(r"^(the|a|an) ", "", key)}:
-                if len(variant) >= MIN_TITLE_CHARS:
-                    index.keys.setdefault(variant, []).append(i)
-        return index
-
-    def find(self, text: str) -> list[tuple[int, int, list[int]]]:
-        """``(start word, end word, item indices)`` of each title named in ``text``, longest match first
-        and not overlapping."""
-        words = normalise(text).split()
-        found, i = [], 0
-        while i < len(words):
-            for n in range(min(MAX_TITLE_WORDS, len(words) - i), 0, -1):
-                hit = self.keys.get(" ".join(words[i : i + n]))
-                if hit:
-                    found.append((i, i + n, hit))
-                    i += n
-                    break
-            else:
-                i += 1
-        return found
 
 
 @dataclass

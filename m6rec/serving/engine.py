@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from m6rec.evaluation.explanations import check_explanation
 from m6rec.serving.bundle import package_version
-from m6rec.serving.dialogue import TitleIndex, Turn, understand
+from m6rec.serving.dialogue import Turn, understand
 from m6rec.serving.recommender import HistoryEvent, RankJob, Recommender, RecommendQuery, Scored
 from m6rec.serving.schemas import (
     MAX_CANDIDATES,
@@ -42,6 +43,7 @@ from m6rec.serving.schemas import (
     request_error,
 )
 from m6rec.text.textify import Event, Profile, clean_title, pronoun
+from m6rec.text.titles import TitleIndex
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +258,33 @@ class Engine:
         query: str | None = None,
     ) -> tuple[str, ExplanationSource]:
         if method != "history" and self.lm is not None and history:
-            return self.lm_explanation(history, item_id, profile), "language_model"
+            text = self.lm_explanation(history, item_id, profile)
+            if method == "language_model" or self.explanation_holds(text, history, item_id, query):
+                return text, "language_model"
         return self.history_explanation(history, item_id, profile, query), "history"
+
+    def explanation_holds(
+        self, text: str, history: Sequence[HistoryEvent], item_id: str, query: str | None = None
+    ) -> bool:
+        """Whether the language model's explanation states nothing the data contradicts
+        (:func:`m6rec.evaluation.explanations.check_explanation`): with ``method: "auto"`` one that does
+        not is replaced by the history template, so what is served by default is never caught false."""
+        texts = self.rec.texts
+        past = [Event(texts[self.rec.index[e.item_id]], e.ts, e.rating) for e in history]
+        check = check_explanation(
+            text,
+            texts[self.rec.index[item_id]],
+            past,
+            catalogue=texts,
+            index=self._titles,
+            is_like=self.rec.contract.is_like,
+            query=query,
+        )
+        if check.is_false:
+            logger.info(
+                "language-model explanation replaced by the template: %s", "; ".join(check.false_claims)
+            )
+        return not check.is_false
 
     # --- endpoints --------------------------------------------------------------------------------
     def _query(self, req: RecommendRequest) -> RecommendQuery:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from m6rec.serving.dialogue import TitleIndex, Turn, understand
+from m6rec.serving.dialogue import Turn, understand
 from m6rec.serving.engine import Engine
 from m6rec.serving.schemas import ChatRequest
+from m6rec.text.titles import TitleIndex
 from tests.bundle_fixtures import build_tiny_bundle
 
 TITLES = [

@@ -90,3 +90,29 @@ def test_the_query_counts_as_evidence_and_the_rates_summarise() -> None:
     assert with_query.cites_evidence and not with_query.is_false
     bare = check("He will like Heat (1995) because it is a romantic comedy.", HEAT)
     assert summarise([with_query, bare]) == {"n": 2, "false_statement_rate": 0.5, "evidence_rate": 0.5}
+
+
+def test_the_service_replaces_a_caught_explanation_by_the_template(tmp_path, monkeypatch) -> None:
+    """method "auto" serves the language model's answer only when the rules find nothing false in it;
+    method "language_model" returns it as it is."""
+    from m6rec.serving.engine import Engine
+    from m6rec.serving.schemas import ExplainRequest
+    from tests.bundle_fixtures import build_tiny_bundle
+
+    engine = Engine(build_tiny_bundle(tmp_path / "model", explainer=True), device="cpu")
+    history = [{"item_id": "i1", "rating": 5}]
+    answers = {
+        "false": "He will like Movie number 5 (1985) because it is a documentary.",
+        "true": "He will like Movie number 5 (1985) because he liked Movie number 1.",
+    }
+    for kind, text in answers.items():
+        monkeypatch.setattr(engine, "lm_explanation", lambda *a, text=text: text)
+        auto = engine.explain(ExplainRequest.model_validate({"history": history, "item_id": "i5"}))
+        forced = engine.explain(
+            ExplainRequest.model_validate({"history": history, "item_id": "i5", "method": "language_model"})
+        )
+        assert forced.source == "language_model" and forced.explanation == text
+        if kind == "false":
+            assert auto.source == "history" and "documentary" not in auto.explanation
+        else:
+            assert auto.source == "language_model" and auto.explanation == text
