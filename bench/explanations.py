@@ -62,7 +62,7 @@ def main() -> None:
         top = engine.recommend(RecommendRequest(history=history, profile=profile, k=1)).items[0].item_id
         cases.append((user, history, profile, top))
 
-    rows = []
+    rows, per_method = [], {}
     for method in args.methods:
         checks, examples, seconds = [], [], []
         for user, history, profile, top in cases:
@@ -81,11 +81,12 @@ def main() -> None:
                         "user_id": user,
                         "item_id": top,
                         "explanation": answer.explanation,
-                        "source": answer.explanation_source,
+                        "source": answer.source,
                         "false_claims": check.false_claims,
                         "evidence": check.evidence,
                     }
                 )
+        per_method[method] = checks
         rows.append(
             {
                 "method": method,
@@ -96,6 +97,19 @@ def main() -> None:
             }
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "examples"}), flush=True)
+    if {"language_model", "history"} <= per_method.keys():
+        # method "auto" as the engine decides it: the model's answer unless the rules catch it, then the
+        # template (the same greedy answer, so derived here rather than generated a second time)
+        lm, template = per_method["language_model"], per_method["history"]
+        served = [t if m.is_false else m for m, t in zip(lm, template, strict=True)]
+        rows.append(
+            {
+                "method": "auto (derived)",
+                "explainer": "language model, fact-checked, template fallback",
+                **summarise(served),
+                "language_model_share": round(sum(not m.is_false for m in lm) / len(lm), 4),
+            }
+        )
 
     report = {
         "command": " ".join(["python bench/explanations.py", *sys.argv[1:]]),

@@ -42,6 +42,9 @@ from orchestration.stages import (
     RAW_DROPS_KEY,
 )
 
+# A backfill of daily drops over many days is one run (`dg launch --partition-range` needs every asset of
+# the daily_drops job to say so): the marts are built once, for all of its days.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
 DBT_VARS_TABLE = "dbt_vars"  # one row in the audit schema: the vars this build used (for build_info)
 
 dbt_project = DbtProject(project_dir=settings.DBT_PROJECT_DIR)
@@ -158,6 +161,7 @@ def plan_delta(conn, config: DbtBuildConfig) -> tuple[dict[str, Any] | None, int
         settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)
     ),
     pool="duckdb",
+    backfill_policy=SINGLE_RUN,
 )
 def m6rec_dbt(
     context: dg.AssetExecutionContext,
@@ -221,6 +225,7 @@ def m6rec_dbt(
         for name, key in MARTS.items()
     ],
     pool="duckdb",
+    backfill_policy=SINGLE_RUN,
 )
 def published_marts(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     """Copy this run's audited marts over ``marts.*`` in one transaction, with ``marts.build_info`` (the
