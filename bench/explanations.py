@@ -87,6 +87,7 @@ def main() -> None:
                     }
                 )
         per_method[method] = checks
+        caught = [c.false_claims for c in checks if c.is_false][:40]
         rows.append(
             {
                 "method": method,
@@ -94,6 +95,7 @@ def main() -> None:
                 **summarise(checks),
                 "seconds_per_explanation_p50": round(float(np.median(seconds)), 3),
                 "examples": examples,
+                "false_claims_found": caught,
             }
         )
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "examples"}), flush=True)

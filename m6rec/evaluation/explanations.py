@@ -76,11 +76,6 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().replace("’", "'").split())
 
 
-def _title_key(item: ItemText) -> str:
-    title, _ = clean_title(item.title, item.release_year)
-    return _norm(title)
-
-
 def _mentions(text: str, phrase: str) -> list[int]:
     """Start offsets of ``phrase`` in ``text`` as whole words (both already normalised)."""
     return [m.start() for m in re.finditer(rf"(?<![\w]){re.escape(phrase)}(?![\w])", text)]
@@ -98,16 +93,27 @@ def _genre_terms(text: str, extra: Iterable[str]) -> set[str]:
     return found
 
 
+# Clause breaks: sentence ends (not the dot of "Mr." or "Dr."), semicolons, and ", and/but/which ..."
+CLAUSE_BREAK = re.compile(
+    r"(?<!\bmr)(?<!\bmrs)(?<!\bdr)(?<!\bst)(?<!\bjr)(?<!\bvs)[.;!?](?=\s|$)"
+    r"|,\s*(?:and|but|so|which|while)\b|\s(?:and|but)\s(?=(?:he|she|they|it)\b)"
+)
+PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
+TITLE_YEAR = re.compile(r"\s*\((\d{4})[);]")
+
+
 def _clauses(reason: str) -> list[str]:
-    parts = re.split(
-        r"[.;!?]|,\s*(?:and|but|so|which|while)\b|\s(?:and|but)\s(?=(?:he|she|they|it)\b)", reason
-    )
-    return [p.strip() for p in parts if p.strip()]
+    return [p.strip() for p in CLAUSE_BREAK.split(reason) if p and p.strip()]
 
 
 def _is_about_user(clause: str) -> bool:
     first = clause.split(" ", 1)[0]
     return first in USER_PRONOUNS or clause.startswith("the user")
+
+
+def _title_variants(item: ItemText) -> set[str]:
+    key = normalise(clean_title(item.title, item.release_year)[0])
+    return {key, re.sub(r"^(the|a|an) ", "", key)}
 
 
 def check_explanation(
@@ -122,43 +128,68 @@ def check_explanation(
 ) -> ExplanationCheck:
     """Check one explanation of ``candidate`` for a user with ``history`` (``catalogue``: every item, so
     that a cited title the user never watched is caught, with ``index`` its prebuilt
-    :class:`~m6rec.text.titles.TitleIndex` when checking many; ``is_like``: the marts' like rule)."""
+    :class:`~m6rec.text.titles.TitleIndex` when checking many; ``is_like``: the marts' like rule).
+
+    Every catalogue title in the text is cut out first (a title's own words, years and punctuation —
+    "Star Wars", "2001: A Space Odyssey", "Mr. Holland's Opus", "That Darn Cat!" — are neither genre
+    claims, nor years, nor clause breaks); a one-word title counts only when capitalised ("the iconic
+    show" is not "The Show")."""
     if index is None:
         index = TitleIndex.build([i.title for i in catalogue], [i.release_year for i in catalogue])
     result = ExplanationCheck()
-    full = _norm(text)
-    reason = full.split(" because ", 1)[1] if " because " in full else full
-    cand_key = _title_key(candidate)
-    # the candidate's own title (and the statement before "because") are not claims to check
-    reason = reason.replace(cand_key, " it ") if len(cand_key) >= 3 else reason
-
+    reason = text.split(" because ", 1)[1] if " because " in text else text
     watched: dict[str, Event] = {}
     for event in history:
-        watched.setdefault(_title_key(event.item), event)
+        for variant in _title_variants(event.item):
+            watched.setdefault(variant, event)
+    candidate_keys = _title_variants(candidate)
+
+    # cut every title out: each becomes a placeholder naming what it is (candidate, watched or not)
+    mentions: list[tuple[str, Event | None, list[int]]] = []
+    pieces, last = [], 0
+    for _, _, begin, end, key, hits in index.spans(reason):
+        if " " not in key and not reason[begin].isupper():
+            continue
+        kind = "candidate" if key in candidate_keys else "watched" if key in watched else "other"
+        while reason[end : end + 1] in ("!", "?", "."):  # "That Darn Cat!", "L.A.", "Sally..."
+            end += 1
+        year = TITLE_YEAR.match(reason, end)  # "... (1997)" belongs to the title before it
+        if year:
+            end = year.end()
+            years = {catalogue[i].release_year for i in hits} if catalogue else set()
+            if kind == "candidate":
+                years = {candidate.release_year}
+            if years and int(year.group(1)) not in years:
+                named = catalogue[hits[0]].title if catalogue else key
+                result.false_claims.append(f"gives {named} the year {year.group(1)}")
+        pieces += [reason[last:begin], f"\x00{len(mentions)}\x00"]
+        mentions.append((kind, watched.get(key), hits))
+        last = end
+    reason = _norm("".join(pieces) + reason[last:])
+
     extra_genres = {g for i in [candidate, *(e.item for e in history)] for g in i.genres}
     history_genres = {g for e in history for g in e.item.genres}
     liked_genres = {g for e in history if is_like(e.rating) for g in e.item.genres}
 
     for clause in _clauses(reason):
-        cited = [e for key, e in watched.items() if len(key) >= 3 and _mentions(clause, key)]
+        named_here = [mentions[int(k)] for k in PLACEHOLDER.findall(clause)]
+        cited = [e for kind, e, _ in named_here if kind == "watched" and e is not None]
+        plain = PLACEHOLDER.sub(" ", clause)
         for e in cited:
             result.evidence.append(f"cites {e.item.title} from the history")
-        # an item the user never watched, cited (titles of 4+ characters: "Heat" yes, "Up" no)
-        words = normalise(clause).split()
-        for start, end, hits in index.find(clause):
-            named = " ".join(words[start:end])
-            if any(named in normalise(_title_key(e.item)) for e in cited) or named in normalise(cand_key):
-                continue
-            for i in hits:
-                result.false_claims.append(f"cites {catalogue[i].title}, which is not in the user's history")
+        for kind, _, hits in named_here:
+            if kind == "other":
+                for i in hits:
+                    result.false_claims.append(
+                        f"cites {catalogue[i].title}, which is not in the user's history"
+                    )
         # years
         allowed_years = {candidate.release_year} | {e.item.release_year for e in cited}
-        allowed_years |= {clean_title(e.item.title, e.item.release_year)[1] for e in cited}
-        for year in YEAR.findall(clause):
-            if int(year) not in allowed_years and not any(year in _title_key(e.item) for e in cited):
+        for year in YEAR.findall(plain):
+            if int(year) not in allowed_years:
                 result.false_claims.append(f"year {year} is neither the candidate's nor a cited item's")
         # genres
-        named = _genre_terms(clause, extra_genres)
+        named = _genre_terms(plain, extra_genres)
         cited_genres = {g for e in cited for g in e.item.genres}
         if _is_about_user(clause) and not cited:
             allowed, whose = history_genres, "the user's history"
@@ -169,22 +200,28 @@ def check_explanation(
         for genre in sorted(named & set(candidate.genres) & liked_genres):
             result.evidence.append(f"shares {genre} with items the user liked")
         # ratings and likes
-        for stars in STARS.findall(clause):
+        for stars in STARS.findall(plain):
             if len(cited) != 1:
                 result.false_claims.append(f"a {stars}-star rating with no one cited item it belongs to")
             elif cited[0].rating is None or abs(float(stars) - float(cited[0].rating)) > 1e-6:
                 result.false_claims.append(
                     f"says {cited[0].item.title} was rated {stars}, the history says {cited[0].rating}"
                 )
-        for e in cited:
-            key = _title_key(e.item)
-            loved = re.search(rf"{LIKE_VERBS}\s+(?:the\s+)?(?:movie\s+|film\s+)?{re.escape(key)}", clause)
-            if loved and e.rating is not None and not is_like(e.rating):
+        for number, (kind, e, _) in enumerate(named_here):
+            marker = re.escape(PLACEHOLDER.findall(clause)[number])
+            loved = re.search(rf"{LIKE_VERBS}\s+(?:the\s+)?(?:movie\s+|film\s+)?\x00{marker}\x00", clause)
+            if (
+                kind == "watched"
+                and e is not None
+                and loved
+                and e.rating is not None
+                and not is_like(e.rating)
+            ):
                 result.false_claims.append(f"says the user liked {e.item.title}, rated {e.rating}")
 
     if query:
         words = {w for w in re.findall(r"[a-z][a-z'-]{3,}", _norm(query)) if w not in STOPWORDS}
-        hits = sorted(w for w in words if _mentions(reason, w))
+        hits = sorted(w for w in words if _mentions(PLACEHOLDER.sub(" ", reason), w))
         if hits:
             result.evidence.append(f"answers the request ({', '.join(hits)})")
     result.evidence = list(dict.fromkeys(result.evidence))

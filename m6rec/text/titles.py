@@ -14,13 +14,20 @@ from dataclasses import dataclass, field
 
 from m6rec.text.textify import clean_title
 
-MAX_TITLE_WORDS = 10
+MAX_TITLE_WORDS = 20  # "Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb" has 13
 MIN_TITLE_CHARS = 4
+
+
+WORD = re.compile(r"[a-z0-9']+")
+
+
+def _lower(text: str) -> str:
+    return text.lower().replace("’", "'")  # the same length: offsets stay those of ``text``
 
 
 def normalise(text: str) -> str:
     """Lowercase words joined by single spaces (punctuation dropped, apostrophes kept)."""
-    return " ".join(re.findall(r"[a-z0-9']+", text.lower().replace("’", "'")))
+    return " ".join(WORD.findall(_lower(text)))
 
 
 @dataclass
@@ -44,13 +51,20 @@ class TitleIndex:
     def find(self, text: str) -> list[tuple[int, int, list[int]]]:
         """``(start word, end word, item indices)`` of each title named in ``text``, longest match first
         and not overlapping."""
-        words = normalise(text).split()
+        return [(a, b, hits) for a, b, _, _, _, hits in self.spans(text)]
+
+    def spans(self, text: str) -> list[tuple[int, int, int, int, str, list[int]]]:
+        """:meth:`find` with more: ``(start word, end word, start char, end char, key, item indices)``;
+        the characters are ``text``'s own, so a caller can cut the title out."""
+        tokens = list(WORD.finditer(_lower(text)))
+        words = [t.group() for t in tokens]
         found, i = [], 0
         while i < len(words):
             for n in range(min(MAX_TITLE_WORDS, len(words) - i), 0, -1):
-                hit = self.keys.get(" ".join(words[i : i + n]))
+                key = " ".join(words[i : i + n])
+                hit = self.keys.get(key)
                 if hit:
-                    found.append((i, i + n, hit))
+                    found.append((i, i + n, tokens[i].start(), tokens[i + n - 1].end(), key, hit))
                     i += n
                     break
             else:

@@ -116,3 +116,24 @@ def test_the_service_replaces_a_caught_explanation_by_the_template(tmp_path, mon
             assert auto.source == "history" and "documentary" not in auto.explanation
         else:
             assert auto.source == "language_model" and auto.explanation == text
+
+
+def test_titles_are_not_read_as_claims() -> None:
+    """A title's own words, years and punctuation are not genre claims, years or clause breaks."""
+    space = ItemText("2001: A Space Odyssey (1968)", 1968, ("Drama", "Mystery", "Sci-Fi", "Thriller"))
+    cat = ItemText("That Darn Cat! (1997)", 1997, ("Children's", "Comedy", "Mystery"))
+    opus = ItemText("Mr. Holland's Opus (1995)", 1995, ("Drama",))
+    show = ItemText("Show, The (1995)", 1995, ("Documentary",))
+    history = [Event(space, 1, 5.0), Event(cat, 2, 4.0), Event(opus, 3, 5.0)]
+    catalogue = [*CATALOGUE, space, cat, opus, show, ItemText("That Darn Cat! (1965)", 1965, ("Comedy",))]
+    text = (
+        "He will like Schindler's List (1993) because he liked 2001: A Space Odyssey (1968), "
+        "That Darn Cat! (1997) and Mr. Holland's Opus (1995), which share its genre (Drama), "
+        "and it is an iconic show."
+    )
+    result = check_explanation(text, SCHINDLER, history, catalogue=catalogue)
+    assert not result.is_false, result.false_claims
+    assert {
+        "cites That Darn Cat! (1997) from the history",
+        "cites 2001: A Space Odyssey (1968) from the history",
+    } <= set(result.evidence)
