@@ -46,6 +46,7 @@ from orchestration.stages import (
 # the daily_drops job to say so): the marts are built once, for all of its days.
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 DBT_VARS_TABLE = "dbt_vars"  # one row in the audit schema: the vars this build used (for build_info)
+TOUCHED_USERS = "int_touched_users"  # an incremental build's users, in its audit schema
 
 dbt_project = DbtProject(project_dir=settings.DBT_PROJECT_DIR)
 
@@ -265,14 +266,14 @@ def published_marts(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                     f"{delta['since_load_seq']}, but marts.* changed since (now raw load "
                     f"{previous and previous.get('raw_load_seq')}): run the daily_drops job again"
                 )
-            touched = conn.execute(f"select count(*) from {schema}.delta_users").fetchone()[0]
+            touched = conn.execute(f"select count(*) from {schema}.{TOUCHED_USERS}").fetchone()[0]
             digest = merge_delta(
                 conn,
                 schema,
                 MARTS_SCHEMA,
                 per_user=list(PER_USER_MARTS),
                 whole=[n for n in MART_NAMES if n not in PER_USER_MARTS],
-                users_table="delta_users",
+                users_table=TOUCHED_USERS,
                 build_info={**build_info, "delta": delta},
                 previous_stats=previous["table_stats"],
             )

@@ -1,5 +1,5 @@
 {{ config(meta={"dagster": {"ref": {"name": "splits"}}}) }}
--- depends_on: {{ ref('delta_users') }}
+-- depends_on: {{ ref('int_touched_users') }}
 -- Every interaction is assigned to exactly one split (on an incremental build: every interaction of
 -- the users it rebuilt, the only ones its splits hold).
 with events as (

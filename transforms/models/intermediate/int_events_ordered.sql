@@ -1,4 +1,4 @@
--- depends_on: {{ ref('delta_users') }}
+-- depends_on: {{ ref('int_touched_users') }}
 select
     r.user_id,
     r.item_id,

@@ -1,6 +1,9 @@
 -- Users whose per-user marts an incremental build must rebuild: they have rows from loads newer than
 -- the published marts, or rows the reloaded drop days replaced, or an event on an item whose
--- cold-item status moved (it changes their `is_cold_item` / held-out rows). On a whole build: everyone.
+-- cold-item status moved (it changes their `is_cold_item` / held-out rows). A table in the run's audit
+-- schema: the marts of the build filter on it, and publish replaces exactly these users' rows.
+-- Empty on a whole build (publish then replaces every mart whole).
+{{ config(materialized='table', schema='marts_audit') }}
 {% set d = delta() %}
 {% if d %}
     {% set dates = d.drop_dates | map('string') | map('replace', "'", "") | list %}
@@ -19,5 +22,5 @@
     union
     select user_id from {{ ref('stg_ratings') }} where item_id in (select item_id from cold_moved)
 {% else %}
-    select distinct user_id from {{ ref('stg_ratings') }}
+    select user_id from {{ ref('stg_ratings') }} where false
 {% endif %}

@@ -1,4 +1,4 @@
--- depends_on: {{ ref('delta_users') }}
+-- depends_on: {{ ref('int_touched_users') }}
 with train_stats as (
     select
         item_id,

@@ -1,4 +1,4 @@
--- depends_on: {{ ref('delta_users') }}
+-- depends_on: {{ ref('int_touched_users') }}
 with activity as (
     select
         user_id,
@@ -13,7 +13,7 @@ with activity as (
         union all
         select user_id, n_events, n_train_events, first_ts, last_ts
         from {{ delta().published_schema }}.user_profiles
-        where user_id not in (select user_id from {{ ref('delta_users') }})
+        where user_id not in (select user_id from {{ ref('int_touched_users') }})
     {% endif %}
 )
 
