@@ -50,7 +50,6 @@ GENRE_WORDS: dict[str, tuple[str, ...]] = {
 }
 LIKE_VERBS = r"(?:loved|liked|enjoyed|adored|likes|loves|enjoys)"
 USER_PRONOUNS = ("he", "she", "they", "his", "her", "their", "the user")
-ITEM_SUBJECTS = ("it", "it's", "its", "this", "the film", "the movie", "this film", "this movie")
 YEAR = re.compile(r"(?<![\d-])(19\d{2}|20\d{2})(?![\d-]|s\b)")
 STARS = re.compile(r"\b([1-5](?:\.5)?)[- ]?stars?\b")
 STOPWORDS = {"something", "movie", "movies", "film", "films", "with", "that", "about", "like", "some"}
