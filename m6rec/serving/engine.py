@@ -404,13 +404,13 @@ class Engine:
         ids = self.rec.item_ids
         known = {e.item_id for e in history}
         history += [HistoryEvent(str(ids[i]), None, None) for i in said.liked if str(ids[i]) not in known]
-        blocked = set(self.rec._indices([e.item_id for e in history]).tolist())
+        blocked = {int(self.rec.index[e.item_id]) for e in history}
         blocked |= set(said.offered) | set(said.disliked)
         profile = req.profile.to_profile() if req.profile else None
         query = RecommendQuery(history, req.k, profile, said.text, rerank=0, exclude_seen=False)
         pool = max(req.k, CHAT_RERANK)
         with self._precision():
-            [(idx, scores)] = self.rec._candidates([query], [pool + len(blocked)])
+            [(idx, scores)] = self.rec.candidates([query], [pool + len(blocked)])
             keep = ~np.isin(idx, list(blocked))
             ref = self._years[said.last_offered[0]] if said.constraint and said.last_offered else np.nan
             if np.isfinite(ref):  # older / newer than the first item the last system turn offered

@@ -213,7 +213,7 @@ class Recommender:
         return total.cpu().numpy()
 
     @torch.no_grad()
-    def _candidates(
+    def candidates(
         self, queries: Sequence[RecommendQuery], needed: Sequence[int]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query ``(item indices, scores)`` to pick its top from: the whole catalogue when it is
@@ -342,7 +342,7 @@ class Recommender:
         past ``IndexConfig.exact_below`` items), then the ranker re-scores the top ``rerank`` of each
         history-only query. All queries share one retrieval and one ranking pass."""
         needed = [max(q.k, q.rerank) + (len(q.history) if q.exclude_seen else 0) for q in queries]
-        candidates = self._candidates(queries, needed)
+        candidates = self.candidates(queries, needed)
         pools, jobs, ranked = [], [], []
         for q, (idx, row) in zip(queries, candidates, strict=True):
             if q.exclude_seen and q.history:
