@@ -171,7 +171,8 @@ def check_explanation(
     liked_genres = {g for e in history if is_like(e.rating) for g in e.item.genres}
 
     for clause in _clauses(reason):
-        named_here = [mentions[int(k)] for k in PLACEHOLDER.findall(clause)]
+        markers = PLACEHOLDER.findall(clause)
+        named_here = [mentions[int(k)] for k in markers]
         cited = [e for kind, e, _ in named_here if kind == "watched" and e is not None]
         plain = PLACEHOLDER.sub(" ", clause)
         for e in cited:
@@ -206,8 +207,7 @@ def check_explanation(
                 result.false_claims.append(
                     f"says {cited[0].item.title} was rated {stars}, the history says {cited[0].rating}"
                 )
-        for number, (kind, e, _) in enumerate(named_here):
-            marker = re.escape(PLACEHOLDER.findall(clause)[number])
+        for marker, (kind, e, _) in zip(markers, named_here, strict=True):
             loved = re.search(rf"{LIKE_VERBS}\s+(?:the\s+)?(?:movie\s+|film\s+)?\x00{marker}\x00", clause)
             if (
                 kind == "watched"
