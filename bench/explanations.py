@@ -2,12 +2,16 @@
 by default): each user's history (every event before their test event, with ratings, as a client
 would send it), their top recommendation from the champion bundle (`POST /recommend` semantics,
 k=1, seen items excluded), and the explanation of it by each method the service offers — the bundle's
-language model (`method: language_model`) and the history template (`method: history`) — checked
-by the rules of `m6rec.evaluation.explanations` (false statement; real evidence cited).
+language model (`method: language_model`, the explainer the pipeline LoRA-tuned) and the history
+template (`method: history`) — and by the untuned instruct model (`--untuned`, the baseline), checked
+by the rules of `m6rec.evaluation.explanations` (false statement; real evidence cited). Two ablations
+on the first `--ablation-users` users split what the tuning and the grounded decoding each do: the
+untuned model with grounded decoding, the tuned one decoding freely.
 
 It runs the serving engine in-process on the bundle `make run` promoted (data/artifacts/champion) and
 the marts of the same warehouse. Usage:
     python bench/explanations.py [--users 300] [--bundle DIR] [--warehouse FILE] [--max-history 50]
+                                 [--untuned smollm2 | --untuned none] [--ablation-users 100]
 Writes bench/results/explanations.json (one row per method, with the rates, timings and examples).
 """
 
@@ -31,6 +35,14 @@ def main() -> None:
     add_champion_args(parser, REPO)
     parser.add_argument("--max-history", type=int, default=50, help="most recent events sent per request")
     parser.add_argument("--methods", nargs="+", default=["language_model", "history"])
+    parser.add_argument(
+        "--untuned",
+        default="smollm2",
+        help="causal LM explained with as the untuned baseline row ('none': no such row)",
+    )
+    parser.add_argument(
+        "--ablation-users", type=int, default=100, help="users of the two ablation rows (0: none)"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "explanations.json"))
     args = parser.parse_args()
 
@@ -45,6 +57,7 @@ def main() -> None:
     index = TitleIndex.build([t.title for t in catalogue], [t.release_year for t in catalogue])
     profiles = dict(zip(data.users["user_id"].astype(str), data.profiles(), strict=True))
     is_like = engine.rec.contract.is_like
+    tuning = (engine.rec.manifest.get("explainer_check") or {}).get("tuning", "untuned")
 
     cases = []
     for user in users:
@@ -63,9 +76,37 @@ def main() -> None:
         cases.append((user, history, profile, top))
 
     rows, per_method = [], {}
-    for method in args.methods:
+    tuned_lm, tuned_grounded = engine.lm, engine.lm_grounded
+    # (method, row, explainer, grounded decoding, users): the served methods on every user, then the
+    # untuned baseline, then two ablations on the first --ablation-users users
+    runs = [(method, method, "bundle", tuned_grounded, len(cases)) for method in args.methods]
+    if args.untuned != "none":
+        runs.append(("language_model", "language_model (untuned)", "untuned", False, len(cases)))
+        if args.ablation_users:
+            runs.append(
+                (
+                    "language_model",
+                    "ablation: untuned, grounded decoding",
+                    "untuned",
+                    True,
+                    args.ablation_users,
+                )
+            )
+    if args.ablation_users and tuned_grounded:
+        runs.append(
+            ("language_model", "ablation: tuned, free decoding", "bundle", False, args.ablation_users)
+        )
+    untuned = None
+    for method, label, explainer, grounded, n_users in runs:
+        if explainer == "untuned" and untuned is None:
+            from m6rec.models.backbones import load_causal_lm
+            from orchestration.settings import cache_dir
+
+            untuned = load_causal_lm(args.untuned, cache_dir(), device=engine.device)
+        engine.lm = untuned if explainer == "untuned" else tuned_lm
+        engine.lm_grounded = grounded
         checks, examples, seconds = [], [], []
-        for user, history, profile, top in cases:
+        for user, history, profile, top in cases[:n_users]:
             start = time.perf_counter()
             request = ExplainRequest(history=history, item_id=top, profile=profile, method=method)
             answer = engine.explain(request)
@@ -86,12 +127,20 @@ def main() -> None:
                         "evidence": check.evidence,
                     }
                 )
-        per_method[method] = checks
+        per_method[label] = checks
         caught = [c.false_claims for c in checks if c.is_false][:40]
         rows.append(
             {
-                "method": method,
-                "explainer": engine.explainer_status if method == "language_model" else "template",
+                "method": label,
+                "explainer": (
+                    "template"
+                    if method == "history"
+                    else f"{args.untuned}, untuned"
+                    if explainer == "untuned"
+                    else f"the bundle's ({tuning})"
+                ),
+                "decoding": ("grounded" if grounded else "free") if method != "history" else None,
+                "users": n_users,
                 **summarise(checks),
                 "seconds_per_explanation_p50": round(float(np.median(seconds)), 3),
                 "examples": examples,

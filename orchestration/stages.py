@@ -73,6 +73,7 @@ ROW_NAMES = {
 TOKEN_RANKER = "token_ranker"  # m6rec.models.late_interaction.save_token_ranker's folder
 EXPLAINER = "explainer"  # a causal LM checkpoint folder
 EXPLAINER_YES_NO = "explainer_yes_no.json"  # its Yes/No like-probabilities on a test sample
+EXPLAINER_CHECK = "explainer_check.json"  # the factuality check of its explanations on valid events
 EVALUATION, MODEL_CARD = "evaluation.json", "model_card.md"  # the run's report, before any bundle
 CANDIDATE, CHAMPION = "candidate", "champion"  # bundles: the one just trained, the one promoted
 BENTO_RECORD = "bento.json"  # which Bento was built from which champion

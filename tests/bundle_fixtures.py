@@ -53,6 +53,17 @@ def tiny_models(kind: str = "lm", seed: int = 0):
     return data, encoder, cache, lm_cache, specs, retriever, ranker
 
 
+# what the pipeline's explainer asset records: the service explains with the same prompt and decoding
+EXPLAINER_CHECK = {
+    "split": "valid",
+    "n": 4,
+    "false_statement_rate": 0.0,
+    "evidence_rate": 0.5,
+    "max_events": 5,
+    "decoding": "grounded",
+}
+
+
 def build_tiny_bundle(
     path: str | Path,
     *,
@@ -90,6 +101,7 @@ def build_tiny_bundle(
         lm_cache=lm_cache if kind == "lm" else None,
         metrics=dict(TINY_METRICS),
         explainer_dir=explainer_dir,
+        explainer_check=EXPLAINER_CHECK if explainer else None,
         index_config=index_config,
     )
     (path / "MODEL_CARD.md").write_text(MODEL_CARD, encoding="utf-8")

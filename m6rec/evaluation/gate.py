@@ -13,6 +13,11 @@ champion that does not even know the current items would win on them. So:
   beats the same run's baselines (Pop and tuned ItemKNN for retrieval, the item-mean rating for CTR) on
   the valid split;
 - otherwise the challenger must not be worse than the champion on any gated metric, on the same events.
+
+Whatever the metrics say, a challenger whose language-model explainer was caught stating something
+false in more than ``max_false_explanations`` of its checked explanations (the bundle's
+``explainer_check``, measured on valid events by the training run) is not promoted: the explanations
+are served, so they are gated like the rankings.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from m6rec.serving.recommender import HistoryEvent, RankJob, Recommender, Recomm
 from m6rec.text.textify import Profile
 
 MIN_COVERAGE = 0.5  # below this share of the valid events, a champion "cannot serve" the current data
+MAX_FALSE_EXPLANATIONS = 0.05  # the share of checked LM explanations that may state something false
 
 
 @dataclass
@@ -48,7 +54,9 @@ class SameDataEvaluation:
 @dataclass
 class GateDecision:
     promote: bool
-    rule: str  # "first model", "same data", "champion cannot serve", "challenger below floor"
+    # "explanations fail the check", "first model", "same data", "champion cannot serve",
+    # "challenger below floor"
+    rule: str
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,8 +212,21 @@ def decide(
     has_champion: bool,
     tolerance: float = 0.0,
     min_coverage: float = MIN_COVERAGE,
+    explanations: Mapping[str, Any] | None = None,
+    max_false_explanations: float = MAX_FALSE_EXPLANATIONS,
 ) -> GateDecision:
-    """The gate's rule, from recorded numbers only (so the metadata reproduces it)."""
+    """The gate's rule, from recorded numbers only (so the metadata reproduces it). ``explanations``: the
+    challenger's explainer check (``false_statement_rate``, ``n``), None without a language-model
+    explainer."""
+    if explanations is not None:
+        rate = float(explanations["false_statement_rate"])
+        if not rate <= max_false_explanations:  # NaN (nothing checked) fails too
+            return GateDecision(
+                False,
+                "explanations fail the check",
+                f"the challenger's explainer stated something false in {rate:.1%} of "
+                f"{explanations.get('n', '?')} checked valid explanations (> {max_false_explanations:.1%})",
+            )
     if not has_champion:
         return GateDecision(True, "first model", "no champion yet")
     if champion_error is None and same_data is not None and same_data.coverage < min_coverage:

@@ -27,7 +27,7 @@ import contextlib
 import copy
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ __all__ = [
     "continue_prompts",
     "ctr_behaviour_texts",
     "explain",
+    "explain_batch",
     "explanation_prompt",
     "finetune_like_head",
     "like_logits",
@@ -517,6 +518,64 @@ def _tidy(continuation: str) -> str:
     return text
 
 
+def explain_batch(
+    lm: CausalLM,
+    cases: Sequence[tuple[Profile | None, Sequence[Event], ItemText, int | None]],
+    *,
+    model: nn.Module | None = None,
+    max_new_tokens: int = 48,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int | None = None,
+    style: TextStyle = DEFAULT_STYLE,
+    max_events: int | None = 10,
+    batch_size: int = 8,
+    is_like: Callable[[float], bool] | None = None,
+) -> list[str]:
+    """:func:`explain` for many ``(profile, history, candidate, now_ts)`` cases, generated in batches
+    (one by one, greedy, when ``is_like`` asks for decoding grounded in the history's facts)."""
+    prompts, statements = [], []
+    for profile, history, candidate, now_ts in cases:
+        prompt, statement = explanation_prompt(
+            lm, profile, history, candidate, now_ts, style=style, max_events=max_events
+        )
+        prompts.append(prompt)
+        statements.append(statement)
+    if is_like is not None:
+        from m6rec.models.grounded_decoding import citable_facts, grounded_continuation
+
+        texts = [
+            grounded_continuation(
+                lm,
+                prompt,
+                citable_facts(candidate, history[-max_events:] if max_events else history, is_like, style),
+                model=model,
+                max_new_tokens=max_new_tokens,
+            )
+            for prompt, (_, history, candidate, _) in zip(prompts, cases, strict=True)
+        ]
+    else:
+        texts = [
+            c.text
+            for c in continue_prompts(
+                lm,
+                prompts,
+                model=model,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                batch_size=batch_size,
+            )
+        ]
+    return [
+        f"{statement.removeprefix('Yes. ')} {_tidy(text)}".rstrip()
+        for statement, text in zip(statements, texts, strict=True)
+    ]
+
+
 def explain(
     lm: CausalLM,
     profile: Profile | None,
@@ -532,24 +591,26 @@ def explain(
     seed: int | None = None,
     style: TextStyle = DEFAULT_STYLE,
     max_events: int | None = 10,
+    is_like: Callable[[float], bool] | None = None,
 ) -> str:
     """One explanation, e.g. "He will like Heat (1995; ...) because he liked other crime thrillers
     such as ...": the statement plus the model's continuation of "because" (trimmed to its last
-    complete sentence when the token budget cut it)."""
-    prompt, statement = explanation_prompt(
-        lm, profile, history, candidate, now_ts, style=style, max_events=max_events
-    )
-    cont = continue_prompts(
+    complete sentence when the token budget cut it). With ``is_like`` (the marts' like rule) the
+    decoding is grounded: titles, ratings and shared genres come from the history
+    (:mod:`m6rec.models.grounded_decoding`)."""
+    return explain_batch(
         lm,
-        [prompt],
+        [(profile, history, candidate, now_ts)],
         model=model,
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        style=style,
+        max_events=max_events,
+        is_like=is_like,
     )[0]
-    return f"{statement.removeprefix('Yes. ')} {_tidy(cont.text)}".rstrip()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -351,6 +351,7 @@ def _apply_lora(
     dropout: float = 0.05,
     target_modules: Sequence[str] | str | None = None,
     bias: str = "none",
+    layers_to_transform: Sequence[int] | None = None,
 ) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -361,6 +362,7 @@ def _apply_lora(
         lora_dropout=dropout,
         target_modules=list(targets) if not isinstance(targets, str) else targets,
         bias=bias,
+        layers_to_transform=list(layers_to_transform) if layers_to_transform is not None else None,
         task_type=TaskType.CAUSAL_LM if _is_causal_lm(model) else TaskType.FEATURE_EXTRACTION,
     )
     return get_peft_model(model, config)
@@ -387,7 +389,8 @@ def apply_tuning(model: Any, method: str = "option", **settings: Any) -> tuple[n
       ``adapter_activation``, ``adapter_dropout``, ``adapter_scale``, ``option_init_ids``,
       ``prompt_init_ids``, ``pool``, ``seed``);
     * ``"lora"``: returns a peft ``PeftModel`` (settings: ``r=8``, ``alpha=2r``, ``dropout=0.05``,
-      ``target_modules`` = the attention and MLP projections by default, ``bias="none"``);
+      ``target_modules`` = the attention and MLP projections by default, ``bias="none"``,
+      ``layers_to_transform``: only these layer indices, e.g. the top ones, so backward stops there);
     * ``"full"``: returns the model itself with every parameter trainable.
 
     ``model`` is a HF model or a ``CausalLM``/``Encoder`` container (its ``.model`` is used); it is

@@ -78,13 +78,15 @@ def save_bundle(
     lm_cache: LowerLayerCache | None = None,
     metrics: dict[str, Any] | None = None,
     explainer_dir: str | Path | None = None,
+    explainer_check: dict[str, Any] | None = None,
     token_ranker_dir: str | Path | None = None,
     index_config: IndexConfig | None = None,
 ) -> Path:
     """Write every artefact into a temp folder beside ``path``, then swap it in. ``*_spec`` is the
     model's ``{"kind", "config"}`` (:func:`m6rec.models.registry.describe`) plus its evaluation row
-    ``"name"``. With a token-level ranker, every item's question segment goes through its lower layers
-    here, once."""
+    ``"name"``; ``explainer_check`` the factuality check of the explainer's explanations (what the
+    promotion gate and ``/model_info`` read). With a token-level ranker, every item's question segment
+    goes through its lower layers here, once."""
     with staged(path) as tmp:
         tmp.mkdir()
         data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
@@ -124,6 +126,7 @@ def save_bundle(
                 "ann": index.info if index else None,
             },
             "explainer": explainer_dir is not None,
+            "explainer_check": explainer_check if explainer_dir is not None else None,
             "metrics": metrics or {},
             "versions": {p: package_version(p) for p in ("m6rec", "torch", "transformers")},
         }

@@ -42,7 +42,8 @@ from m6rec.serving.schemas import (
     SimilarItemsResponse,
     request_error,
 )
-from m6rec.text.textify import Event, Profile, clean_title, pronoun
+from m6rec.text.explanations import display_title, history_explanation
+from m6rec.text.textify import Event, Profile
 from m6rec.text.titles import TitleIndex
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ MAX_REPORTED_ERRORS = 20
 CHAT_RERANK = 20  # retrieved items the ranker re-scores for a dialogue that names (or has) a history
 AUTOCAST_MODES = ("off", "bf16")
 DEFAULT_LM_EXPLAIN_TOP = 5  # /recommend: the language model explains this many top items at most
-
-
-def _his(he: str) -> str:
-    return {"he": "his", "she": "her"}.get(he, "their")
 
 
 def env_int(name: str, default: int) -> int:
@@ -102,15 +99,15 @@ class Engine:
             else env_int("M6REC_LM_EXPLAIN_TOP", DEFAULT_LM_EXPLAIN_TOP)
         )
         self.lm_max_new_tokens = env_int("M6REC_LM_MAX_NEW_TOKENS", 40)
+        # the explainer's prompt and decoding: what it was tuned and checked with (the bundle says)
+        check = self.rec.manifest.get("explainer_check") or {}
+        self.lm_max_events = int(check.get("max_events", 10))
+        self.lm_grounded = check.get("decoding") == "grounded"
         self._lm_lock = threading.Lock()
         self.autocast = os.environ.get("M6REC_AUTOCAST", "off").strip().lower() or "off"
         if self.autocast not in AUTOCAST_MODES:
             raise ValueError(f"M6REC_AUTOCAST={self.autocast!r}: use one of {', '.join(AUTOCAST_MODES)}")
         self.lm, self._explain_fn, self.explainer_status = self._load_explainer()
-        self._genres = [
-            tuple(str(g) for g in gs) if isinstance(gs, list | tuple | np.ndarray) else ()
-            for gs in self.rec.items["genres"]
-        ]
         self._years = np.array(
             [np.nan if t.release_year is None else float(t.release_year) for t in self.rec.texts]
         )
@@ -171,9 +168,7 @@ class Engine:
 
     # --- explanations ---------------------------------------------------------------------------
     def _display(self, idx: int) -> str:
-        text = self.rec.texts[idx]
-        title, year = clean_title(text.title, text.release_year)
-        return f"{title} ({year})" if year is not None else title
+        return display_title(self.rec.texts[idx])
 
     def history_explanation(
         self,
@@ -182,56 +177,13 @@ class Engine:
         profile: Profile | None,
         query: str | None = None,
     ) -> str:
-        """A template explanation grounded in the request: the most recent liked history items (rated, and
-        liked by the marts' rule ``rating > like_threshold`` from the bundle's contract) that share the
-        candidate's genres; else the query; else the history's most recent likes and the candidate's
-        popularity."""
-        he = pronoun(profile)
-        cand = self.rec.index[item_id]
-        cand_genres = self._genres[cand]
-        head = f"{he.capitalize()} will like {self._display(cand)} because"
-        seen: set[int] = set()
-        sharing_liked: list[int] = []
-        sharing_watched: list[int] = []
-        recent_liked: list[int] = []
-        for e in reversed(history):
-            idx = self.rec.index[e.item_id]
-            if idx in seen or idx == cand:
-                continue
-            seen.add(idx)
-            liked = e.rating is not None and self.rec.contract.is_like(e.rating)
-            disliked = e.rating is not None and not liked
-            shares = bool(set(self._genres[idx]) & set(cand_genres))
-            if liked:
-                recent_liked.append(idx)
-            if shares and liked:
-                sharing_liked.append(idx)
-            elif shares and not disliked:
-                sharing_watched.append(idx)
-        cited, verb = (sharing_liked, "liked") if sharing_liked else (sharing_watched, "watched")
-        if cited:
-            cited = cited[:3]
-            shared = [g for g in cand_genres if any(g in self._genres[i] for i in cited)]
-            names = [self._display(i) for i in cited]
-            listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-            share = "shares" if len(names) == 1 else "share"
-            genre_word = "genre" if len(shared) == 1 else "genres"
-            return f"{head} {he} {verb} {listed}, which {share} its {genre_word} ({', '.join(shared)})."
-        if query:
-            genres = f" ({', '.join(cand_genres)})" if cand_genres else ""
-            return f'{head} it matches the request "{query}"{genres}.'
-        pct = self.rec.texts[cand].popularity_percentile
-        popular = (
-            ""
-            if pct is None or pct != pct
-            else f" and is among the top {max(1, round(100 - pct))}% most popular titles"
-        )
-        if recent_liked:
-            liked_names = " and ".join(self._display(i) for i in recent_liked[:2])
-            recent = f" (most recently {he} liked {liked_names})"
-        else:
-            recent = ""
-        return f"{head} it fits the pattern of {_his(he)} recent history{recent}{popular}."
+        """The template explanation grounded in the request
+        (:func:`m6rec.text.explanations.history_explanation`: liked history items of the candidate's
+        genres, by the marts' rule ``rating > like_threshold`` from the bundle's contract; else the
+        query; else the recent likes and the candidate's popularity)."""
+        events = [Event(self.rec.texts[self.rec.index[e.item_id]], e.ts, e.rating) for e in history]
+        candidate = self.rec.texts[self.rec.index[item_id]]
+        return history_explanation(candidate, events, profile, self.rec.contract.is_like, query)
 
     def lm_explanation(self, history: Sequence[HistoryEvent], item_id: str, profile: Profile | None) -> str:
         events = [
@@ -247,6 +199,8 @@ class Engine:
                 now,
                 style=self.rec.style,
                 max_new_tokens=self.lm_max_new_tokens,
+                max_events=self.lm_max_events,
+                is_like=self.rec.contract.is_like if self.lm_grounded else None,
             )
 
     def _explanation(
@@ -474,6 +428,7 @@ class Engine:
             explainer={
                 "status": self.explainer_status,
                 "in_bundle": bool(manifest.get("explainer")),
+                "check": manifest.get("explainer_check"),
                 "lm_explains_top": self.lm_explain_top if self.lm is not None else 0,
             },
             limits={

@@ -39,6 +39,7 @@ __all__ = [
     "profile_text",
     "pronoun",
     "question_text",
+    "rating_amount",
     "relative_time",
     "user_query_segments",
     "user_query_text",
@@ -319,12 +320,17 @@ def relative_time(event_ts: int | float, now_ts: int | float) -> str:
     return "a year ago" if years == 1 else f"{years} years ago"
 
 
+def rating_amount(rating: float, style: TextStyle = DEFAULT_STYLE) -> str:
+    """ "5 stars", "1 star", "4.5 stars": a rating as every text says it."""
+    value = float(rating)
+    unit = style.rating_unit if value == 1 else f"{style.rating_unit}s"
+    return f"{_number(value)} {unit}"
+
+
 def _rating_phrase(rating: Any, style: TextStyle) -> str:
     if _missing(rating):
         return ""
-    value = float(rating)
-    unit = style.rating_unit if value == 1 else f"{style.rating_unit}s"
-    return f" and rated it {_number(value)} {unit}"
+    return f" and rated it {rating_amount(rating, style)}"
 
 
 def event_parts(

@@ -7,6 +7,10 @@
 - ``full`` (GPU): every encoder layer is tuned over the segments (``lm_top_layers`` = all), no budget,
   plus the token-level ranker (the encoder fine-tuned over the behaviour text's tokens).
 
+Every profile LoRA-tunes the explainer LM on explanations built from the data and checks what it
+writes (``explainer_tuning``): the top layers on a few dozen examples on CPU, every layer on 512 on a
+GPU.
+
 ``smoke`` trains a tiny token-level ranker too, so tests cover that path end to end.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from m6rec.models.explainer_tuning import ExplainerTuningConfig
 from m6rec.models.late_interaction import TokenRankerConfig
 from m6rec.models.lm_ranking import LMRankerConfig
 from m6rec.models.lm_retrieval import LMRetrieverConfig
@@ -58,6 +63,9 @@ class TrainingProfile:
     token_ranker: TokenRankerConfig | None = None  # None: no token-level fine-tuning (CPU profiles)
     # test-split CTR examples the explainer LM answers Yes/No for (~1.2 s each on 2 CPU cores)
     smollm2_test_examples: int = 64
+    # the explainer LM's LoRA tuning on explanations built from the data, and its factuality check on
+    # valid events (m6rec.models.explainer_tuning)
+    explainer_tuning: ExplainerTuningConfig = field(default_factory=ExplainerTuningConfig)
     zero_shot_lm_events: int = 20  # cold events the explainer LM ranks by likelihood (zero_shot on)
     # Retrieval is evaluated (and selected during training) on a seeded sample of this many users when
     # the log has more: full ranking costs users × items; each row reports its 95% interval.
@@ -96,6 +104,9 @@ PROFILES = {
             top_k=1, history=5, max_length=32, lr=1e-3, batch_size=8, max_steps=20, max_train_examples=400
         ),
         smollm2_test_examples=16,
+        explainer_tuning=ExplainerTuningConfig(
+            examples=8, epochs=1, batch_size=4, top_layers=0, check_users=4, max_new_tokens=12
+        ),
         zero_shot_lm_events=3,
     ),
     "default": TrainingProfile(
@@ -142,6 +153,9 @@ PROFILES = {
         lm_ranker_batch_size=256,
         token_ranker=TokenRankerConfig(top_k=1, history=10, max_length=64, lr=5e-5, batch_size=32),
         smollm2_test_examples=943,
+        explainer_tuning=ExplainerTuningConfig(
+            examples=512, epochs=3, batch_size=8, lr=1e-3, top_layers=0, check_users=300
+        ),
         zero_shot_lm_events=500,
     ),
 }

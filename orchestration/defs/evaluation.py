@@ -21,6 +21,7 @@ from orchestration.stages import (
     CTR_MODELS,
     EVALUATION,
     EXPLAINER,
+    EXPLAINER_CHECK,
     EXPLAINER_YES_NO,
     LM_CACHE,
     MODEL_ASSETS,
@@ -142,6 +143,15 @@ def offline_evaluation(
     )
 
 
+def _explainer_check(artifacts: ArtifactStore, data) -> dict | None:
+    """The explainer's factuality check, refused when it was measured on other marts."""
+    if not artifacts.exists(EXPLAINER_CHECK):
+        return None
+    check = artifacts.read_json(EXPLAINER_CHECK)
+    check_same_marts("the explainer's check", check.get("marts_fingerprint"), data)
+    return check
+
+
 @dg.asset(
     group_name="evaluation", deps=[MODEL_ASSETS["offline_evaluation"]], pool="duckdb", kinds={"pytorch"}
 )
@@ -184,6 +194,7 @@ def item_index(
         segment_style=SEGMENT_STYLE,
         metrics=evaluation,
         explainer_dir=artifacts.path(EXPLAINER) if artifacts.exists(EXPLAINER) else None,
+        explainer_check=_explainer_check(artifacts, data),
         token_ranker_dir=artifacts.path(TOKEN_RANKER) if token_serves else None,
         index_config=IndexConfig(exact_below=model_settings.ann_exact_below),
     )

@@ -8,7 +8,13 @@ import shutil
 import dagster as dg
 
 from m6rec.data.marts import load_rec_data
-from m6rec.evaluation.gate import MIN_COVERAGE, decide, evaluate_same_data, metrics_table
+from m6rec.evaluation.gate import (
+    MAX_FALSE_EXPLANATIONS,
+    MIN_COVERAGE,
+    decide,
+    evaluate_same_data,
+    metrics_table,
+)
 from m6rec.models.backbones import pick_device
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import CANDIDATE, CHAMPION, MODEL_ASSETS, PROMOTION_RECORD
@@ -16,10 +22,13 @@ from orchestration.stages import CANDIDATE, CHAMPION, MODEL_ASSETS, PROMOTION_RE
 
 class PromotionConfig(dg.Config):
     """``tolerance``: how much a gated metric may drop on the same data; ``min_coverage``: the share of
-    the current valid events a champion must be able to score to count as serving the current data."""
+    the current valid events a champion must be able to score to count as serving the current data;
+    ``max_false_explanations``: the share of the explainer's checked valid explanations that may state
+    something false (the ``explainer`` asset's check)."""
 
     tolerance: float = 0.0
     min_coverage: float = MIN_COVERAGE
+    max_false_explanations: float = MAX_FALSE_EXPLANATIONS
 
 
 @dg.asset(group_name="evaluation", deps=[MODEL_ASSETS["item_index"]], pool="duckdb", kinds={"pytorch"})
@@ -37,6 +46,7 @@ def promoted_model(
 
     model_settings.apply_threads()
     evaluation = artifacts.read_json(f"{CANDIDATE}/evaluation.json")
+    candidate = artifacts.read_json(f"{CANDIDATE}/manifest.json")
     has_champion = artifacts.exists(f"{CHAMPION}/manifest.json")
     same_data, champion_error = None, None
     if has_champion:
@@ -65,6 +75,8 @@ def promoted_model(
         "has_champion": has_champion,
         "tolerance": config.tolerance,
         "min_coverage": config.min_coverage,
+        "explanations": _check_summary(candidate.get("explainer_check")),
+        "max_false_explanations": config.max_false_explanations,
     }
     decision = decide(**inputs)
     previous = artifacts.read_json(f"{CHAMPION}/manifest.json") if has_champion else {}
@@ -78,13 +90,21 @@ def promoted_model(
         "decision": decision.to_dict(),
         "inputs": {**inputs, "same_data": same_data.__dict__ if same_data else None},
         "champion_before": previous.get("created_at"),
-        "candidate": artifacts.read_json(f"{CANDIDATE}/manifest.json").get("created_at"),
+        "candidate": candidate.get("created_at"),
     }
     artifacts.write(PROMOTION_RECORD, json.dumps(record, indent=2, default=float))
     recorded_inputs = dg.MetadataValue.json(json.loads(json.dumps(record["inputs"], default=float)))
-    if decision.rule == "challenger below floor":  # nothing can serve the current data: say so loudly
+    if (not decision.promote and not has_champion) or decision.rule == "challenger below floor":
+        # nothing can serve the current data: say so loudly
+        hint = (
+            " Tune the explainer longer (the profile's explainer_tuning) or bundle none "
+            "(model_settings.explainer: none)."
+            if decision.rule == "explanations fail the check"
+            else ""
+        )
         raise dg.Failure(
-            description=f"No model promoted: {decision.reason}. The champion and its Bento stay as they are.",
+            description=f"No model promoted: {decision.reason}.{hint} "
+            "The champion and its Bento stay as they are.",
             metadata={"decision_inputs": recorded_inputs},
         )
     manifest = artifacts.read_json(f"{CHAMPION}/manifest.json")
@@ -102,3 +122,10 @@ def promoted_model(
             "champion_created_at": manifest.get("created_at", "n/a"),
         }
     )
+
+
+def _check_summary(check: dict | None) -> dict | None:
+    """What the gate reads of the explainer's check (the rates and how many were checked)."""
+    if not check:
+        return None
+    return {k: check[k] for k in ("n", "false_statement_rate", "evidence_rate") if k in check}

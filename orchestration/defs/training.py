@@ -22,6 +22,7 @@ from m6rec.training.trainer import TrainConfig, TrainResult, result_metadata
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
     EXPLAINER,
+    EXPLAINER_CHECK,
     EXPLAINER_YES_NO,
     FROZEN_RETRIEVER,
     GATED_MARTS,
@@ -410,26 +411,31 @@ def explainer(
     artifacts: ArtifactStore,
     model_settings: ModelSettings,
 ) -> dg.MaterializeResult:
-    """The instruct causal LM used zero-shot (no tuning on CPU): its Yes/No answers on a seeded sample of
-    test-split CTR examples (a CTR row of the evaluation) and a few "... because" explanations, saved
-    for the bundle."""
-    from m6rec.data.marts import events_of
+    """The instruct causal LM as explainer: its zero-shot Yes/No answers on a seeded sample of test-split
+    CTR examples (a CTR row of the evaluation); then LoRA-tuned on explanations built from the train
+    split (the history items that share the item's genres, by the like rule) and checked on valid
+    events by the factuality rules — the false-statement and evidence rates are this asset's metadata
+    and the promotion gate's explanation condition. Saved, merged, for the bundle."""
     from m6rec.evaluation.metrics import ctr_metrics
-    from m6rec.models.generation import explain, yes_no_sample
+    from m6rec.models.explainer_tuning import check_explainer, explanation_cases, tune_explainer
+    from m6rec.models.generation import yes_no_sample
 
     model_settings.apply_threads()
     lm = model_settings.load_explainer()
     if lm is None:
-        artifacts.remove(EXPLAINER)
-        artifacts.remove(EXPLAINER_YES_NO)
+        for key in (EXPLAINER, EXPLAINER_YES_NO, EXPLAINER_CHECK):
+            artifacts.remove(key)
         return dg.MaterializeResult(metadata={"explainer": "none"})
     start = time.perf_counter()
+    profile = model_settings.resolved()
+    tuning = profile.explainer_tuning
     data = load_rec_data(warehouse.database)
     items = dict(zip(data.items["item_id"], data.item_texts(), strict=True))
     profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
     examples = warehouse.read("select * from marts.ctr_examples where split = 'test'")
-    n_test = model_settings.resolved().smollm2_test_examples
-    test, test_probs = yes_no_sample(lm, examples, items, profiles, n_test, style=TEXT_STYLE)
+    test, test_probs = yes_no_sample(
+        lm, examples, items, profiles, profile.smollm2_test_examples, style=TEXT_STYLE
+    )
     artifacts.write(
         EXPLAINER_YES_NO,
         json.dumps(
@@ -443,33 +449,66 @@ def explainer(
         ),
     )
     scored = time.perf_counter() - start
-    explanations = []
-    for row in test.head(2).itertuples(index=False):
-        user = data.events[data.events["user_id"] == row.user_id]
-        history = events_of(user[user["position"] < row.position].tail(10), data.item_texts())
-        explanations.append(
-            f"- {items[row.target_item_id].title}: "
-            + explain(
-                lm,
-                profiles[row.user_id],
-                history,
-                items[row.target_item_id],
-                int(row.target_ts),
-                max_new_tokens=32,
-                style=TEXT_STYLE,
-            )
+    seed = model_settings.seed
+    is_like = data.contract.is_like
+    tuning_metadata: dict = {"tuning": "none (the instruct model as it is)"}
+    if tuning.method != "none":
+        cases = explanation_cases(data, "train", tuning.examples, seed=seed, max_events=tuning.max_events)
+        tuned = tune_explainer(
+            lm, cases, is_like, replace(tuning, seed=seed), style=TEXT_STYLE, log=context.log.info
         )
+        tuning_metadata = {
+            "tuning": str(tuned.report),
+            "lm_trainable_parameters": tuned.report.trainable_parameters,
+            "total_parameters": tuned.report.total_parameters,
+            "train_examples": tuned.examples,
+            "train_steps": tuned.train.steps,
+            "train_seconds": round(tuned.train.seconds, 1),
+            "samples_per_second": round(tuned.train.steps * tuning.batch_size / tuned.train.step_seconds, 2)
+            if tuned.train.step_seconds
+            else 0.0,
+            "train_loss_last": float(tuned.train.history[-1].get("train_loss", float("nan")))
+            if tuned.train.history
+            else float("nan"),
+        }
+    valid = explanation_cases(data, "valid", tuning.check_users, seed=seed + 1, max_events=tuning.max_events)
+    check = check_explainer(
+        lm,
+        valid,
+        data.item_texts(),
+        is_like,
+        style=TEXT_STYLE,
+        max_events=tuning.max_events,
+        max_new_tokens=tuning.max_new_tokens,
+        grounded=tuning.grounded,
+    )
+    record = {
+        "explainer": lm.name,
+        "split": "valid",
+        "tuning": tuning_metadata["tuning"],
+        # the prompt's history and the decoding: the service explains the same way
+        "max_events": tuning.max_events,
+        "decoding": "grounded" if tuning.grounded else "free",
+        **check.to_dict(),
+        "marts_fingerprint": data.contract.marts_fingerprint,
+    }
     with artifacts.replace(EXPLAINER) as tmp:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
+    artifacts.write(EXPLAINER_CHECK, json.dumps(record, indent=2))
     return dg.MaterializeResult(
         metadata={
             "explainer": lm.name,
-            "tuning": "none (zero-shot instruct model)",
+            **tuning_metadata,
             "zero_shot_test_auc": float(ctr_metrics(test["label"].to_numpy(), test_probs)["auc"]),
             "test_yes_no_examples": len(test),
             "yes_no_seconds": round(scored, 1),
-            "sample_explanations": dg.MetadataValue.md("\n".join(explanations)),
+            "valid_false_statement_rate": float(check.summary["false_statement_rate"]),
+            "valid_evidence_rate": float(check.summary["evidence_rate"]),
+            "checked_explanations": int(check.summary["n"]),
+            "check_seconds": round(check.seconds, 1),
+            "sample_explanations": dg.MetadataValue.md("\n".join(f"- {t}" for t in check.explanations[:5])),
+            "false_claims_found": dg.MetadataValue.json(record["false_claims_found"]),
             "seconds": round(time.perf_counter() - start, 1),
             "path": str(artifacts.path(EXPLAINER)),
         }

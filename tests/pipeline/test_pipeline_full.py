@@ -60,6 +60,16 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     assert manifest["contract"]["ctr_history_length"] == build["dbt_vars"]["ctr_history_length"]
     assert "m6rec model card" in (champion / "model_card.md").read_text()
     assert asset_metadata(result, "promoted_model")["promoted"] is True
+    # the explainer is LoRA-tuned on data-built explanations and checked on valid events; the bundle
+    # carries the check, and the gate read it
+    explainer = asset_metadata(result, "explainer")
+    assert explainer["lm_trainable_parameters"] > 0 and explainer["train_steps"] > 0
+    assert explainer["checked_explanations"] == 4
+    check = manifest["explainer_check"]
+    assert check["split"] == "valid" and check["n"] == 4 and check["max_events"] == 5
+    assert check["false_statement_rate"] == explainer["valid_false_statement_rate"]
+    promotion = json.loads((home / "artifacts" / "promotion.json").read_text())
+    assert promotion["inputs"]["explanations"]["false_statement_rate"] == check["false_statement_rate"]
     # smoke fine-tunes the (tiny) encoder at token level, as full does
     token = asset_metadata(result, "token_ranker")
     assert token["top_layers"] == 1 and token["steps"] > 0 and token["trainable_parameters"] > 0

@@ -40,6 +40,7 @@ def test_health_and_model_info(client: httpx.Client, store: dict) -> None:
     assert info["metrics"] == TINY_METRICS
     assert info["labels"]["stage"] == "test" and info["labels"]["explainer"] == "true"
     assert info["explainer"]["status"] == "loaded" and info["manifest"]["format"] == BUNDLE_FORMAT
+    assert info["explainer"]["check"]["decoding"] == "grounded"  # what the bundle says, the service does
     assert {"bentoml", "torch", "transformers", "python"} <= set(info["versions"])
     assert info["limits"]["max_history"] == MAX_HISTORY and info["limits"]["max_k"] == 40
 

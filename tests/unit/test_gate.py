@@ -102,3 +102,24 @@ def test_floor_and_the_other_rules() -> None:
     recorded = json.loads(json.dumps({**kwargs, "same_data": same.__dict__}))
     again = decide(**{**recorded, "same_data": SameDataEvaluation(**recorded["same_data"])})
     assert again == decide(same_data=same, **kwargs)
+
+
+def test_a_challenger_whose_explanations_fail_the_check_is_not_promoted() -> None:
+    same = SameDataEvaluation(challenger={NDCG: 0.11}, champion={NDCG: 0.10}, events=900, coverage=0.95)
+    kwargs = {"valid_baselines": FLOOR, "champion_error": None, "has_champion": True, "challenger_valid": {}}
+    caught = decide(same_data=same, explanations={"n": 40, "false_statement_rate": 0.075}, **kwargs)
+    assert not caught.promote and caught.rule == "explanations fail the check"
+    assert "7.5% of 40 checked valid explanations (> 5.0%)" in caught.reason
+    first = {**kwargs, "has_champion": False}
+    assert not decide(same_data=None, explanations={"n": 40, "false_statement_rate": 0.1}, **first).promote
+    nothing_checked = {"n": 0, "false_statement_rate": float("nan")}
+    assert not decide(same_data=same, explanations=nothing_checked, **kwargs).promote
+    fine = decide(same_data=same, explanations={"n": 40, "false_statement_rate": 0.05}, **kwargs)
+    assert fine.promote and fine.rule == "same data"
+    assert decide(
+        same_data=same,
+        explanations={"n": 40, "false_statement_rate": 0.1},
+        max_false_explanations=0.1,
+        **kwargs,
+    ).promote
+    assert decide(same_data=same, explanations=None, **kwargs).promote  # no language-model explainer

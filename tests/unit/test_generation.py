@@ -298,3 +298,11 @@ def test_explanation_continues_because_after_the_grounded_prompt(lm):
     assert isinstance(text, str)
     assert text.startswith("He will like Toy Story (1995; Animation, Comedy) because")
     assert len(lm.tokenizer.encode(text.split(" because", 1)[1], add_special_tokens=False)) <= 6 + 2
+
+
+def test_grounded_explanations_keep_the_statement_and_the_budget(lm):
+    free = explain(lm, USER, HISTORY, TOY, NOW, max_new_tokens=6)
+    grounded = explain(lm, USER, HISTORY, TOY, NOW, max_new_tokens=6, is_like=lambda r: r > 3)
+    assert grounded.startswith("He will like Toy Story (1995; Animation, Comedy) because")
+    # nothing here triggers a slot (a random model writes no citing verb): the same greedy text
+    assert grounded == free

@@ -1,0 +1,94 @@
+"""Decoding grounded in the history's facts (m6rec.models.grounded_decoding): a scripted "model" that
+always wants to write a given (partly false) sentence shows what the slots let through."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from m6rec.models import backbones as bb
+from m6rec.models.grounded_decoding import citable_facts, grounded_continuation
+from m6rec.text.textify import Event, ItemText
+
+ALIEN = ItemText("Alien", 1979, ("Horror", "Sci-Fi"))
+FARGO = ItemText("Fargo", 1996, ("Crime", "Drama"))
+HEAT = ItemText("Heat", 1995, ("Action", "Crime", "Thriller"))
+STAR_WARS = ItemText("Star Wars", 1977, ("Action", "Sci-Fi"))
+CANDIDATE = ItemText("Aliens", 1986, ("Action", "Sci-Fi", "Thriller"))
+LIKE = lambda rating: rating > 3  # noqa: E731
+
+
+class ScriptedLM(nn.Module):
+    """Wants to write ``script`` token by token (then end-of-sequence), whatever it is fed: the
+    scripted token gets the top logit, every other token the same lower one."""
+
+    def __init__(self, tokenizer, prompt_tokens: int, script: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(max_position_embeddings=512)
+        self.vocab = len(tokenizer)
+        self.prompt_tokens = prompt_tokens
+        self.script = tokenizer.encode(script, add_special_tokens=False)
+        self.eos = tokenizer.eos_token_id
+
+    def forward(self, input_ids, cache=None, use_cache=True):
+        seen = (cache or 0) + input_ids.shape[1]
+        step = seen - self.prompt_tokens
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
+        logits[0, -1, self.script[step] if step < len(self.script) else self.eos] = 10.0
+        return SimpleNamespace(logits=logits, cache=seen)
+
+
+@pytest.fixture
+def tokenizer(causal_tokenizer):
+    return causal_tokenizer
+
+
+def _continue(tokenizer, script: str, history: list[Event], max_new_tokens: int = 40) -> str:
+    prompt = "A user. Will they like Aliens (1986)? Yes. They will like it because"
+    n = len(tokenizer.encode(prompt, add_special_tokens=False))
+    lm = bb.CausalLM(
+        model=ScriptedLM(tokenizer, n, script),
+        tokenizer=tokenizer,
+        name="scripted",
+        hidden_size=1,
+        num_layers=1,
+        max_length=512,
+    )
+    facts = citable_facts(CANDIDATE, history, LIKE)
+    return grounded_continuation(lm, prompt, facts, max_new_tokens=max_new_tokens)
+
+
+def test_the_rating_and_the_shared_genres_come_from_the_history(tokenizer) -> None:
+    history = [Event(FARGO, 1, 5.0), Event(ALIEN, 2, 5.0)]
+    out = _continue(tokenizer, " he rated Alien (1979) 4 stars, and it shares its genre (Horror", history)
+    assert out == " he rated Alien (1979) 5 stars, and it shares its genre (Sci-Fi)."
+
+
+def test_a_title_outside_the_evidence_cannot_be_cited(tokenizer) -> None:
+    history = [Event(FARGO, 1, 5.0), Event(STAR_WARS, 2, 4.0), Event(ALIEN, 3, 1.0)]
+    out = _continue(tokenizer, " he liked Heat (1995), a great film.", history)
+    # Heat was never watched, Alien was disliked, Fargo shares no genre: Star Wars is the only citable item
+    assert out.startswith(" he liked Star Wars (1977)") and "Heat" not in out
+
+
+def test_without_evidence_or_slots_the_model_writes_freely(tokenizer) -> None:
+    script = " it is a classic of its kind."
+    assert _continue(tokenizer, script, []) == script
+    assert _continue(tokenizer, script, [Event(ALIEN, 1, 5.0)]) == script  # no citing verb, no genre list
+
+
+def test_forced_tokens_count_toward_the_budget(tokenizer) -> None:
+    out = _continue(tokenizer, " he rated Alien (1979) 4 stars", [Event(ALIEN, 2, 5.0)], max_new_tokens=4)
+    assert len(tokenizer.encode(out, add_special_tokens=False)) <= 4 and out.startswith(" he rated Alien")
+
+
+def test_citable_facts_are_the_evidence_else_the_recent_likes() -> None:
+    history = [Event(FARGO, 1, 5.0), Event(STAR_WARS, 2, None), Event(HEAT, 3, 4.0)]
+    facts = citable_facts(CANDIDATE, history, LIKE)
+    assert [e.item for e in facts.items] == [HEAT, STAR_WARS]  # liked first, then unrated; newest first
+    assert facts.shared_genres(facts.items[0]) == ["Action", "Thriller"]
+    assert [e.item for e in citable_facts(CANDIDATE, [Event(FARGO, 1, 5.0)], LIKE).items] == [FARGO]
