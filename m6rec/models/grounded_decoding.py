@@ -14,7 +14,8 @@ decodes (greedy, one sequence, its key/value cache reused):
 - **rating**: after "rated <title>", the item's rating as the history gives it ("5 stars");
 - **genres**: after "genre (" / "genres (", the genres the candidate shares with the cited item, and
   the sentence's end (the tuned format ends there; a model made to write a list it did not choose
-  otherwise rambles on with numbers and years the rules rightly catch).
+  otherwise rambles on with numbers and years the rules rightly catch). When the cited item shares
+  none, the clause announcing a shared genre is dropped: "he rated Heat (1995) 5 stars."
 
 Outside the slots the model decodes freely; the factuality rules (:mod:`m6rec.evaluation.explanations`)
 still check everything it writes.
@@ -49,10 +50,10 @@ class CitableFacts:
     style: TextStyle = DEFAULT_STYLE
 
     def shared_genres(self, cited: Event | None) -> list[str]:
-        """The candidate's genres the cited item has (without one: those any citable item has)."""
+        """The candidate's genres the cited item has (without one: those any citable item has); empty
+        when none is shared — then no genre list may be written."""
         pool = [cited] if cited is not None else self.items
-        shared = [g for g in self.candidate_genres if any(g in e.item.genres for e in pool)]
-        return shared or list(self.candidate_genres)
+        return [g for g in self.candidate_genres if any(g in e.item.genres for e in pool)]
 
 
 def citable_facts(
@@ -61,10 +62,16 @@ def citable_facts(
     is_like: Callable[[float], bool],
     style: TextStyle = DEFAULT_STYLE,
 ) -> CitableFacts:
-    """The evidence of :func:`m6rec.text.explanations.find_evidence`: items that share a genre (liked,
-    then unrated), else the recent likes."""
+    """The evidence of :func:`m6rec.text.explanations.find_evidence` — items that share a genre (liked,
+    then unrated) — else the recent likes, else every history item (its rating stated as it is)."""
     found = find_evidence(candidate, history, is_like)
     items = found.sharing_liked + found.sharing_watched or found.recent_liked
+    if not items:
+        seen = {display_title(candidate)}
+        for e in reversed(history):
+            if display_title(e.item) not in seen:
+                seen.add(display_title(e.item))
+                items.append(e)
     return CitableFacts(items=items, candidate_genres=tuple(candidate.genres), style=style)
 
 
@@ -82,6 +89,12 @@ def _title_trie(lm: CausalLM, items: Sequence[Event]) -> _Node:
             node = node.children.setdefault(token, _Node())
         node.event = e
     return root
+
+
+def _without_last_clause(text: str) -> str:
+    """ "he rated Heat (1995) 5 stars, and it shares its" -> "he rated Heat (1995) 5 stars." """
+    head = text[: text.rfind(",")] if "," in text else ""
+    return head.rstrip() + "." if head.strip() else ""
 
 
 @torch.no_grad()
@@ -150,9 +163,11 @@ def grounded_continuation(
                 ].children:
                     verb = m.group(1)
                     node = tries["rated" if verb == "rated" else "any"]
-                elif GENRE_LIST.search(text):  # the list, and the sentence ends as the tuned format does
-                    genres = ", ".join(facts.shared_genres(cited)) + ")."
-                    forced = [*tok.encode(genres, add_special_tokens=False), eos]
+                elif m := GENRE_LIST.search(text):  # the list; the sentence ends as the tuned format does
+                    shared = facts.shared_genres(cited)
+                    if not shared:  # nothing to list: the clause that announced a shared genre goes
+                        return _without_last_clause(text[: m.start()])
+                    forced = [*tok.encode(", ".join(shared) + ").", add_special_tokens=False), eos]
             out = backbone(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[0, -1]
     finally:

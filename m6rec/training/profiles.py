@@ -128,9 +128,12 @@ PROFILES = {
             "lm_retriever": 330,
             "lm_retriever_ids": 90,
             "lm_ranker": 240,  # its best valid AUC came at ~210 s in bench/quality_ml100k.py
-            "frozen_retriever": 60,
-            "segment_ranker": 50,
+            "frozen_retriever": 45,
+            "segment_ranker": 40,
         },
+        # SmolLM2's LoRA tuning (top 8 of 30 layers, 64 explanations, 2 epochs: ~90 s on 2 threads)
+        # and its check on 30 valid events fit the main command's budget
+        explainer_tuning=ExplainerTuningConfig(check_users=30),
         sasrec_budget_s=120,
     ),
     "full": TrainingProfile(

@@ -92,3 +92,11 @@ def test_citable_facts_are_the_evidence_else_the_recent_likes() -> None:
     assert [e.item for e in facts.items] == [HEAT, STAR_WARS]  # liked first, then unrated; newest first
     assert facts.shared_genres(facts.items[0]) == ["Action", "Thriller"]
     assert [e.item for e in citable_facts(CANDIDATE, [Event(FARGO, 1, 5.0)], LIKE).items] == [FARGO]
+
+
+def test_no_shared_genre_drops_the_clause_that_claims_one(tokenizer) -> None:
+    history = [Event(FARGO, 1, 5.0)]  # liked, but Crime/Drama: nothing in common with the candidate
+    out = _continue(tokenizer, " he rated Fargo (1996) 5 stars, and it shares its genre (Crime", history)
+    assert out == " he rated Fargo (1996) 5 stars."
+    disliked_only = citable_facts(CANDIDATE, [Event(ALIEN, 1, 1.0), Event(ALIEN, 2, 1.0)], LIKE)
+    assert [e.item for e in disliked_only.items] == [ALIEN]  # every history item, once, rating as it is
