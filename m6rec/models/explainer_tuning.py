@@ -105,9 +105,6 @@ class ExplainerCheckResult:
     checks: list[ExplanationCheck]
     seconds: float
 
-    def passes(self, max_false_rate: float) -> bool:
-        return float(self.summary["false_statement_rate"]) <= max_false_rate
-
     def to_dict(self, examples: int = 5) -> dict[str, Any]:
         return {
             **self.summary,
@@ -134,14 +131,13 @@ def explanation_cases(
     profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
     events = data.events.sort_values(["user_id", "position"])
     train = events[events["split"] == "train"]
-    if split == "train":
-        last = train.groupby("user_id", sort=True).tail(1)
-        prior = train.groupby("user_id").size()
-        targets = last[last["user_id"].map(prior) > min_history]
+    train_events = train.groupby("user_id").size()
+    if split == "train":  # the last train event; the ones before it are its history
+        targets = train.groupby("user_id", sort=True).tail(1)
+        targets = targets[targets["user_id"].map(train_events) > min_history]
     else:
         targets = events[events["split"] == "valid"].groupby("user_id", sort=True).head(1)
-        prior = train.groupby("user_id").size()
-        targets = targets[targets["user_id"].map(prior).fillna(0) >= min_history]
+        targets = targets[targets["user_id"].map(train_events).fillna(0) >= min_history]
     if targets.empty:
         return []
     rng = np.random.default_rng(seed)

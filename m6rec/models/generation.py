@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m6rec.models.backbones import CausalLM
+from m6rec.models.grounded_decoding import citable_facts, grounded_continuation
 from m6rec.models.tuning import OptionTuningModel, TuningReport, apply_tuning
 from m6rec.text.textify import (
     DEFAULT_STYLE,
@@ -543,8 +544,6 @@ def explain_batch(
         prompts.append(prompt)
         statements.append(statement)
     if is_like is not None:
-        from m6rec.models.grounded_decoding import citable_facts, grounded_continuation
-
         texts = [
             grounded_continuation(
                 lm,
