@@ -709,3 +709,28 @@ def test_two_full_runs_at_once_both_finish_with_one_champion_and_its_bento(
     bentoml = _bentoml()
     assert str(bentoml.bentos.get("m6rec:latest").tag) == record["bento_tag"]
     assert _bento_is_whole(bentoml, record["bento_tag"]) == champion["created_at"]
+
+
+def test_a_challenger_whose_explanations_fail_the_check_keeps_the_champion(smoke_run) -> None:
+    """The explainer's check is a gate condition: with a ceiling nothing can pass, the candidate (the
+    same bundle as the champion) is refused on that rule alone, and the champion stays as it was."""
+    from orchestration.definitions import defs
+
+    home, _ = smoke_run
+    champion = home / "artifacts" / "champion"
+    before = _snapshot(champion)
+    result = (
+        defs()
+        .resolve_job_def("retrain")
+        .execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(),
+            asset_selection=[dg.AssetKey("promoted_model")],
+            run_config={"ops": {"promoted_model": {"config": {"max_false_explanations": -1.0}}}},
+            raise_on_error=False,
+        )
+    )
+    assert result.success
+    gate = asset_metadata(result, "promoted_model")
+    assert gate["promoted"] is False and gate["rule"] == "explanations fail the check", gate["reason"]
+    assert gate["decision_inputs"]["explanations"]["n"] == 4
+    assert _snapshot(champion) == before
