@@ -4,7 +4,9 @@ budget, with samples/s, model FLOPs utilisation (MFU) and quality.
 - LM retriever, every encoder layer tuned over segment states (``full``: ``lm_top_layers`` = all);
 - LM CTR scorer, likewise;
 - the token-level ranker (the encoder fine-tuned over the behaviour text's tokens, k = 1);
-- SmolLM2-135M Yes/No with LoRA on 256 balanced train examples (TALLRec), AUC on sampled test examples.
+- SmolLM2-135M Yes/No with LoRA on 256 balanced train examples (TALLRec), AUC on sampled test examples;
+- the explainer: SmolLM2 LoRA-tuned on explanations built from the data (``full``: every layer, 512
+  explanations), its grounded explanations of valid events checked (false-statement / evidence rates).
 
 Reads the marts as Parquet (``m6rec.data.marts.save_rec_data`` + ``ctr_examples.parquet``), so it runs
 where there is no warehouse; bench/gpu_suite.sh packs them and the weights here and runs this there.
@@ -44,10 +46,12 @@ from m6rec.models.backbones import (  # noqa: E402
     tiny_causal_lm,
     tiny_encoder,
 )
+from m6rec.models.explainer_tuning import check_explainer, explanation_cases, tune_explainer  # noqa: E402
 from m6rec.models.generation import (  # noqa: E402
     FewShotConfig,
     balanced_sample,
     ctr_behaviour_texts,
+    explanation_prompt,
     finetune_like_head,
     like_probabilities,
     like_prompts,
@@ -87,7 +91,7 @@ def throughput(result, batch_size: int, flops_per_sample: float) -> dict:
         "steps": result.steps,
         "train_seconds": round(result.seconds, 1),
         "samples_per_second": round(samples, 1),
-        "model_tflops_per_second": round(achieved / 1e12, 3),
+        "model_tflops_per_second": round(achieved / 1e12, 6),
         "mfu": round(achieved / (peak * 1e12), 4) if peak else "not measured (no GPU peak known)",
         "device": result.device,
     }
@@ -243,6 +247,54 @@ def main() -> None:
         "eval_examples": len(eval_rows),
         "tallrec_llama7b_auc": TALLREC_LLAMA7B_AUC_256,
         "tuning": fit.report.as_dict(),
+    }
+    save()
+    del lm, fit
+
+    # --- the explainer: LoRA on explanations built from the data, then the grounded check -------------
+    explainer = tiny_causal_lm() if args.lm == "tiny" else load_causal_lm(args.lm, args.cache)
+    explainer.to(device)  # fresh weights: the Yes/No LoRA above changed its LM in place
+    tuning = replace(
+        profile.explainer_tuning,
+        max_seconds=args.budget_s,
+        check_users=min(profile.explainer_tuning.check_users, 100),  # the suite's 9 minutes
+    )
+    cases = explanation_cases(data, "train", tuning.examples, max_events=tuning.max_events)
+    tuned = tune_explainer(explainer, cases, data.contract.is_like, tuning, style=TEXT_STYLE)
+    valid = explanation_cases(data, "valid", tuning.check_users, seed=1, max_events=tuning.max_events)
+    check = check_explainer(
+        explainer,
+        valid,
+        data.item_texts(),
+        data.contract.is_like,
+        style=TEXT_STYLE,
+        max_events=tuning.max_events,
+        max_new_tokens=tuning.max_new_tokens,
+        grounded=tuning.grounded,
+    )
+    prompts = [
+        explanation_prompt(
+            explainer,
+            c.profile,
+            c.history,
+            c.candidate,
+            c.now_ts,
+            style=TEXT_STYLE,
+            max_events=tuning.max_events,
+        )[0]
+        for c in cases
+    ]
+    tokens = float(np.mean([len(explainer.tokenizer.encode(p)) for p in prompts]))
+    base = sum(p.numel() for n, p in explainer.model.named_parameters() if "embed" not in n)
+    report["models"][f"{explainer.name} explainer, LoRA on {len(cases)} explanations"] = {
+        # 4 x base x prompt tokens for LoRA on a frozen base (the continuation's few tokens not counted)
+        **throughput(tuned.train, tuning.batch_size, 4 * base * tokens),
+        "tuning": tuned.report.as_dict(),
+        "valid_false_statement_rate": check.summary["false_statement_rate"],
+        "valid_evidence_rate": check.summary["evidence_rate"],
+        "checked_explanations": check.summary["n"],
+        "check_seconds": round(check.seconds, 1),
+        "decoding": "grounded" if tuning.grounded else "free",
     }
     save()
     print(json.dumps(report, indent=2, default=float))
