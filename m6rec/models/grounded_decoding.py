@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from m6rec.models.backbones import CausalLM
-from m6rec.text.explanations import display_title, find_evidence
+from m6rec.text.explanations import display_title, find_evidence, shared_genres
 from m6rec.text.textify import DEFAULT_STYLE, Event, ItemText, TextStyle, rating_amount
 
 __all__ = ["CitableFacts", "citable_facts", "grounded_continuation"]
@@ -43,17 +43,17 @@ GENRE_LIST = re.compile(r"\bgenres? \($")
 @dataclass
 class CitableFacts:
     """What one explanation may state: the history items it may cite (with their ratings and genres)
-    and the candidate's genres."""
+    and the candidate (its genres)."""
 
     items: list[Event]
-    candidate_genres: tuple[str, ...]
+    candidate: ItemText
     style: TextStyle = DEFAULT_STYLE
 
     def shared_genres(self, cited: Event | None) -> list[str]:
         """The candidate's genres the cited item has (without one: those any citable item has); empty
         when none is shared — then no genre list may be written."""
         pool = [cited] if cited is not None else self.items
-        return [g for g in self.candidate_genres if any(g in e.item.genres for e in pool)]
+        return shared_genres(self.candidate, [e.item for e in pool])
 
 
 def citable_facts(
@@ -69,10 +69,11 @@ def citable_facts(
     if not items:
         seen = {display_title(candidate)}
         for e in reversed(history):
-            if display_title(e.item) not in seen:
-                seen.add(display_title(e.item))
+            title = display_title(e.item)
+            if title not in seen:
+                seen.add(title)
                 items.append(e)
-    return CitableFacts(items=items, candidate_genres=tuple(candidate.genres), style=style)
+    return CitableFacts(items=items, candidate=candidate, style=style)
 
 
 @dataclass

@@ -32,6 +32,7 @@ __all__ = [
     "history_explanation",
     "possessive",
     "rated_reason",
+    "shared_genres",
 ]
 
 MAX_CITED = 3  # history items one explanation names at most
@@ -86,8 +87,13 @@ def find_evidence(
     return found
 
 
+def shared_genres(candidate: ItemText, cited: Sequence[ItemText]) -> list[str]:
+    """The candidate's genres (in its order) that any of the cited items has."""
+    return [g for g in candidate.genres if any(g in item.genres for item in cited)]
+
+
 def _shared(candidate: ItemText, cited: Sequence[ItemText]) -> str:
-    shared = [g for g in candidate.genres if any(g in item.genres for item in cited)]
+    shared = shared_genres(candidate, cited)
     genre_word = "genre" if len(shared) == 1 else "genres"
     return f"its {genre_word} ({', '.join(shared)})"
 

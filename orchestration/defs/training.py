@@ -430,7 +430,8 @@ def explainer(
     profile = model_settings.resolved()
     tuning = profile.explainer_tuning
     data = load_rec_data(warehouse.database)
-    items = dict(zip(data.items["item_id"], data.item_texts(), strict=True))
+    catalogue = data.item_texts()
+    items = dict(zip(data.items["item_id"], catalogue, strict=True))
     profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
     examples = warehouse.read("select * from marts.ctr_examples where split = 'test'")
     test, test_probs = yes_no_sample(
@@ -475,7 +476,7 @@ def explainer(
     check = check_explainer(
         lm,
         valid,
-        data.item_texts(),
+        catalogue,
         is_like,
         style=TEXT_STYLE,
         max_events=tuning.max_events,
