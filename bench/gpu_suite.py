@@ -4,7 +4,8 @@ budget, with samples/s, model FLOPs utilisation (MFU) and quality.
 - LM retriever, every encoder layer tuned over segment states (``full``: ``lm_top_layers`` = all);
 - LM CTR scorer, likewise;
 - the token-level ranker (the encoder fine-tuned over the behaviour text's tokens, k = 1);
-- SmolLM2-135M Yes/No with LoRA on 256 balanced train examples (TALLRec), AUC on sampled test examples;
+- SmolLM2-135M Yes/No with LoRA on 256 balanced train examples (TALLRec), early-stopped on sampled
+  valid examples' AUC, AUC on sampled test examples;
 - the explainer: SmolLM2 LoRA-tuned on explanations built from the data (``full``: every layer, 512
   explanations), its grounded explanations of valid events checked (false-statement / evidence rates).
 
@@ -214,9 +215,14 @@ def main() -> None:
     train = examples[examples["split"] == "train"]
     rows = train.iloc[balanced_sample(train["label"].to_numpy(), args.shots, seed=0)]
     eval_rows = test.sample(min(len(test), args.eval_examples), random_state=0)
-    prompts = like_prompts(lm, ctr_behaviour_texts(rows, items, profiles, style=TEXT_STYLE, max_events=10))
-    eval_prompts = like_prompts(
-        lm, ctr_behaviour_texts(eval_rows, items, profiles, style=TEXT_STYLE, max_events=10)
+    # early stopping on the valid split's AUC, best weights kept: "enough steps to converge", read from
+    # the record's `stopped` / `best_valid_auc` rather than assumed
+    valid = examples[examples["split"] == "valid"]
+    valid_rows = valid.sample(min(len(valid), args.eval_examples), random_state=1)
+
+    prompts, eval_prompts, valid_prompts = (
+        like_prompts(lm, ctr_behaviour_texts(frame, items, profiles, style=TEXT_STYLE, max_events=10))
+        for frame in (rows, eval_rows, valid_rows)
     )
     zero = ctr_metrics(eval_rows["label"].to_numpy(), like_probabilities(lm, eval_prompts, batch_size=32))
     with tempfile.TemporaryDirectory() as run_dir:
@@ -231,8 +237,11 @@ def main() -> None:
                 batch_size=16,
                 lr=5e-4,
                 max_seconds=args.budget_s,
+                patience=3,
                 tuning={"r": 8},
             ),
+            valid_prompts=valid_prompts,
+            valid_labels=valid_rows["label"].tolist(),
         )
     tuned = ctr_metrics(
         eval_rows["label"].to_numpy(), like_probabilities(lm, eval_prompts, model=fit.model, batch_size=32)
@@ -245,6 +254,10 @@ def main() -> None:
         "zero_shot_auc": zero["auc"],
         "test_auc": tuned["auc"],
         "eval_examples": len(eval_rows),
+        "valid_examples": len(valid_rows),
+        "best_valid_auc": fit.train.best_metric,
+        "best_step": fit.train.best_step,
+        "stopped": fit.train.stopped,  # "early_stopping": converged on valid
         "tallrec_llama7b_auc": TALLREC_LLAMA7B_AUC_256,
         "tuning": fit.report.as_dict(),
     }

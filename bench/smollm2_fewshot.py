@@ -1,12 +1,18 @@
 """Few-shot like-prediction with SmolLM2-135M on ML-100K, the TALLRec protocol (Bao et al., 2023).
 
 Usage: python bench/smollm2_fewshot.py [WAREHOUSE.duckdb] [--shots 64 256] [--methods lora option]
-       [--eval-size 500] [--epochs 64:3,256:1] [--threads 1] [--output PATH]
+       [--eval-size 500] [--epochs 64:3,256:1] [--valid-size 0] [--patience 2] [--threads 1]
+       [--output PATH]
 
 * Examples: ``marts.ctr_examples`` (label = rating > 3, history = the last 10 events before the
   target), rendered by m6rec.text.textify and put in SmolLM2's chat template (m6rec.models.generation).
 * Train: N examples sampled from the train split, balanced (N/2 likes, N/2 dislikes) as TALLRec does,
-  seeded. No validation set: a fixed number of epochs, the last weights are evaluated.
+  seeded. Without ``--valid-size``: a fixed number of epochs, the last weights are evaluated. With
+  ``--valid-size N``: N seeded examples of the *valid* split (one per user, never the test users'
+  test events) are scored after every epoch (``--valid-every`` steps); training stops when the valid
+  AUC has not improved for ``--patience`` checks (converged) or at ``--epochs`` / the time budget, and
+  the best-on-valid weights are evaluated on test. The valid AUC of every check is written out, so
+  whether a run converged is read from the JSON, not assumed.
 * Evaluation: a fixed seeded sample of ``--eval-size`` test-split examples (one per user; the test
   split has 943), AUC of P(Yes) over {No, Yes}. The untuned model is evaluated the same way (zero-shot).
 * LoRA as TALLRec: r=8, alpha=16, dropout 0.05 on q_proj and v_proj (``--lora-targets`` changes it).
@@ -75,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--lora-targets", nargs="+", default=["q_proj", "v_proj"])
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument(
+        "--valid-size", type=int, default=0, help="valid-split examples for early stopping (0: none)"
+    )
+    ap.add_argument("--valid-every", type=int, default=None, help="steps between valid checks (an epoch)")
+    ap.add_argument("--patience", type=int, default=2, help="valid checks without a better AUC, then stop")
     ap.add_argument("--max-train-seconds", type=float, default=600.0, help="per configuration (safety stop)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -146,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
             train = conn.execute(
                 "select * from marts.ctr_examples where split = 'train' order by example_id"
             ).df()
+            valid = conn.execute(
+                "select * from marts.ctr_examples where split = 'valid' order by example_id"
+            ).df()
     items = dict(zip(data.items["item_id"], data.item_texts(), strict=True))
     profiles = dict(zip(data.users["user_id"], data.profiles(), strict=True))
     rng = np.random.default_rng(args.seed)
@@ -159,9 +173,25 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
     }
     print(f"eval: {len(eval_rows)} of {len(test)} test examples, {eval_labels.mean():.1%} likes", flush=True)
+    valid_rng = np.random.default_rng(args.seed + 1)  # its own draw: independent of --eval-size
+    valid_rows = valid.iloc[
+        np.sort(valid_rng.choice(len(valid), min(args.valid_size, len(valid)), replace=False))
+    ]
+    if len(valid_rows):
+        report["valid"] = {
+            "split": "valid",
+            "examples": len(valid_rows),
+            "of": len(valid),
+            "positive_rate": round(float(valid_rows["label"].mean()), 4),
+            "patience": args.patience,
+            "every_steps": args.valid_every or "one epoch",
+        }
 
     lm = load_causal_lm("smollm2", args.cache)
     eval_prompts = like_prompts(lm, ctr_behaviour_texts(eval_rows, items, profiles))
+    valid_prompts = (
+        like_prompts(lm, ctr_behaviour_texts(valid_rows, items, profiles)) if len(valid_rows) else None
+    )
     n_tokens = [len(lm.tokenizer.encode(p, add_special_tokens=False)) for p in eval_prompts]
     report["eval"]["prompt_tokens_mean"] = round(float(np.mean(n_tokens)), 1)
     report["eval"]["prompt_tokens_max"] = int(np.max(n_tokens))
@@ -243,11 +273,21 @@ def main(argv: list[str] | None = None) -> None:
                     lr=args.lr,
                     max_length=args.max_length,
                     seed=args.seed,
-                    eval_every=8,  # no validation set: only checks the time budget
+                    # with a valid set: early stopping on its AUC; without: only checks the time budget
+                    eval_every=(args.valid_every if valid_prompts else 8),
+                    patience=args.patience,
                     max_seconds=args.max_train_seconds,
                     tuning=tuning,
                 )
-                fit = finetune_like_head(lm, prompts, rows["label"].tolist(), config, log=None)
+                fit = finetune_like_head(
+                    lm,
+                    prompts,
+                    rows["label"].tolist(),
+                    config,
+                    valid_prompts=valid_prompts,
+                    valid_labels=valid_rows["label"].tolist() if valid_prompts else None,
+                    log=print,
+                )
             metrics, eval_seconds = evaluate(lm, fit.model)
             record = {
                 "config": f"{method}-{shots}",
@@ -264,10 +304,30 @@ def main(argv: list[str] | None = None) -> None:
                 "train_loss_last": round(fit.train.history[-1]["train_loss"], 4)
                 if fit.train.history
                 else None,
-                # the mean train loss of every 8 steps (one entry per check): where it stops falling
-                "train_loss_per_8_steps": [
-                    round(h["train_loss"], 4) for h in fit.train.history if "train_loss" in h
-                ],
+                **(
+                    {
+                        # one entry per valid check: the mean train loss since the last check and the
+                        # valid AUC; the test row above uses the weights of the best check
+                        "checks": [
+                            {
+                                "step": h["step"],
+                                "train_loss": round(h["train_loss"], 4),
+                                "valid_auc": round(h["auc"], 4),
+                            }
+                            for h in fit.train.history
+                        ],
+                        "best_step": fit.train.best_step,
+                        "best_valid_auc": round(fit.train.best_metric, 4),
+                        "converged": fit.train.stopped == "early_stopping",
+                    }
+                    if valid_prompts
+                    else {
+                        # the mean train loss of every 8 steps (one entry per check): where it stops falling
+                        "train_loss_per_8_steps": [
+                            round(h["train_loss"], 4) for h in fit.train.history if "train_loss" in h
+                        ],
+                    }
+                ),
                 "eval_seconds": round(eval_seconds, 1),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "tuning": fit.report.as_dict(),
