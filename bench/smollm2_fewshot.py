@@ -12,7 +12,10 @@ Usage: python bench/smollm2_fewshot.py [WAREHOUSE.duckdb] [--shots 64 256] [--me
   test events) are scored after every epoch (``--valid-every`` steps); training stops when the valid
   AUC has not improved for ``--patience`` checks (converged) or at ``--epochs`` / the time budget, and
   the best-on-valid weights are evaluated on test. The valid AUC of every check is written out, so
-  whether a run converged is read from the JSON, not assumed.
+  whether a run converged is read from the JSON, not assumed. ``--run-dir DIR`` keeps each
+  configuration's checkpoint in DIR/<method>-<shots>, and a rerun with the same settings and a larger
+  ``--max-train-seconds`` resumes there (constant learning rate: the continued run is the run that was
+  not stopped).
 * Evaluation: a fixed seeded sample of ``--eval-size`` test-split examples (one per user; the test
   split has 943), AUC of P(Yes) over {No, Yes}. The untuned model is evaluated the same way (zero-shot).
 * LoRA as TALLRec: r=8, alpha=16, dropout 0.05 on q_proj and v_proj (``--lora-targets`` changes it).
@@ -27,6 +30,7 @@ every configuration, prints a table and one explanation generated for a test use
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -86,12 +90,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--valid-every", type=int, default=None, help="steps between valid checks (an epoch)")
     ap.add_argument("--patience", type=int, default=2, help="valid checks without a better AUC, then stop")
+    ap.add_argument(
+        "--run-dir",
+        default=None,
+        help="keep each configuration's checkpoints in RUN_DIR/<method>-<shots> and resume from one "
+        "found there (a run stopped by --max-train-seconds goes on with a larger budget)",
+    )
     ap.add_argument("--max-train-seconds", type=float, default=600.0, help="per configuration (safety stop)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "smollm2_fewshot.json"))
     return ap.parse_args(argv)
+
+
+def load_checkpoint_state(run_dir: Path) -> dict | None:
+    """The Trainer state saved in ``run_dir``'s checkpoint (step, seconds, best so far), if any."""
+    state = run_dir / "checkpoint" / "trainer_state.json"
+    return json.loads(state.read_text()) if state.exists() else None
 
 
 def machine() -> dict:
@@ -264,9 +280,15 @@ def main(argv: list[str] | None = None) -> None:
                 else {}
             )
             n_epochs = epochs.get(shots, 1)
-            with tempfile.TemporaryDirectory() as run_dir:
+            with contextlib.ExitStack() as stack:
+                if args.run_dir:
+                    run_dir = str(Path(args.run_dir) / f"{method}-{shots}")
+                    resumed = load_checkpoint_state(Path(run_dir))
+                else:
+                    run_dir, resumed = stack.enter_context(tempfile.TemporaryDirectory()), None
                 config = FewShotConfig(
                     output_dir=run_dir,
+                    resume=bool(args.run_dir),
                     method=method,
                     epochs=n_epochs,
                     batch_size=args.batch_size,
@@ -288,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
                     valid_labels=valid_rows["label"].tolist() if valid_prompts else None,
                     log=print,
                 )
+                # every check of the run, those before a resume included (the Trainer appends them)
+                metrics_log = (Path(run_dir) / "metrics.jsonl").read_text()
+                checks = [json.loads(line) for line in metrics_log.splitlines()]
             metrics, eval_seconds = evaluate(lm, fit.model)
             record = {
                 "config": f"{method}-{shots}",
@@ -314,8 +339,9 @@ def main(argv: list[str] | None = None) -> None:
                                 "train_loss": round(h["train_loss"], 4),
                                 "valid_auc": round(h["auc"], 4),
                             }
-                            for h in fit.train.history
+                            for h in checks
                         ],
+                        "resumed_from_step": resumed["step"] if resumed else None,
                         "best_step": fit.train.best_step,
                         "best_valid_auc": round(fit.train.best_metric, 4),
                         "converged": fit.train.stopped == "early_stopping",

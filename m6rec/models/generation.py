@@ -298,6 +298,9 @@ class FewShotConfig:
     seed: int = 0
     max_seconds: float | None = None
     progress: bool = False
+    # continue from output_dir/checkpoint when one is there (a run stopped by its time budget goes on
+    # where it stopped: weights, optimiser, data order and early-stopping state)
+    resume: bool = False
     tuning: dict[str, Any] = field(default_factory=dict)
 
 
@@ -403,7 +406,7 @@ def finetune_like_head(
         patience=config.patience,
         max_seconds=config.max_seconds,
         seed=config.seed,
-        resume=False,
+        resume=config.resume,
         progress=config.progress,
     )
     trainer = Trainer(

@@ -211,6 +211,41 @@ def test_few_shot_tuning_with_a_validation_set_keeps_the_best(lm, tmp_path):
     assert result.train.best_metric == max(r["auc"] for r in result.train.history)
 
 
+def test_few_shot_tuning_resumed_from_its_checkpoint_matches_the_run_that_was_not_stopped(
+    causal_tokenizer, tmp_path
+):
+    """bench/smollm2_fewshot.py --run-dir: a run cut short and resumed ends with the weights and the
+    early-stopping state of the uninterrupted run (constant learning rate, data order restored)."""
+    prompts, labels = _toy_task()
+
+    def run(folder: str, max_steps: int, resume: bool):
+        lm = bb.tiny_causal_lm(seed=0, tokenizer=causal_tokenizer)
+        config = FewShotConfig(
+            output_dir=str(tmp_path / folder),
+            method="lora",
+            batch_size=3,  # 8 prompts: the cut falls mid-epoch
+            lr=2e-2,
+            max_steps=max_steps,
+            eval_every=2,
+            patience=10,
+            resume=resume,
+            tuning={"r": 4},
+        )
+        return finetune_like_head(lm, prompts, labels, config, valid_prompts=prompts, valid_labels=labels)
+
+    whole = run("whole", 8, resume=False)
+    run("cut", 4, resume=True)  # nothing to resume yet: starts from scratch, checkpoint at step 4
+    resumed = run("cut", 8, resume=True)
+    assert resumed.train.steps == 8 and [r["step"] for r in resumed.train.history] == [6, 8]
+    assert resumed.train.best_step == whole.train.best_step
+    assert resumed.train.best_metric == pytest.approx(whole.train.best_metric)
+    lora = {n: p for n, p in whole.model.named_parameters() if "lora_" in n}
+    assert lora
+    for name, param in resumed.model.named_parameters():
+        if name in lora:
+            torch.testing.assert_close(param, lora[name], rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # likelihood scoring and ranking
 
