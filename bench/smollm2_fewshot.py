@@ -104,12 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def load_checkpoint_state(run_dir: Path) -> dict | None:
-    """The Trainer state saved in ``run_dir``'s checkpoint (step, seconds, best so far), if any."""
-    state = run_dir / "checkpoint" / "trainer_state.json"
-    return json.loads(state.read_text()) if state.exists() else None
-
-
 def machine() -> dict:
     import accelerate
     import peft
@@ -281,11 +275,11 @@ def main(argv: list[str] | None = None) -> None:
             )
             n_epochs = epochs.get(shots, 1)
             with contextlib.ExitStack() as stack:
-                if args.run_dir:
-                    run_dir = str(Path(args.run_dir) / f"{method}-{shots}")
-                    resumed = load_checkpoint_state(Path(run_dir))
-                else:
-                    run_dir, resumed = stack.enter_context(tempfile.TemporaryDirectory()), None
+                run_dir = (
+                    str(Path(args.run_dir) / f"{method}-{shots}")
+                    if args.run_dir
+                    else stack.enter_context(tempfile.TemporaryDirectory())
+                )
                 config = FewShotConfig(
                     output_dir=run_dir,
                     resume=bool(args.run_dir),
@@ -310,9 +304,13 @@ def main(argv: list[str] | None = None) -> None:
                     valid_labels=valid_rows["label"].tolist() if valid_prompts else None,
                     log=print,
                 )
-                # every check of the run, those before a resume included (the Trainer appends them)
+                # every check of the run, those before a resume included (the Trainer appends them;
+                # its history holds this process's only): a checkpoint is saved at every check, so a
+                # resumed run went on from the last check before its own
                 metrics_log = (Path(run_dir) / "metrics.jsonl").read_text()
                 checks = [json.loads(line) for line in metrics_log.splitlines()]
+                before = len(checks) - len(fit.train.history)
+                resumed_from_step = checks[before - 1]["step"] if before > 0 else None
             metrics, eval_seconds = evaluate(lm, fit.model)
             record = {
                 "config": f"{method}-{shots}",
@@ -326,9 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                 "lr": args.lr,
                 "stopped": fit.train.stopped,
                 "train_seconds": round(fit.train.seconds, 1),
-                "train_loss_last": round(fit.train.history[-1]["train_loss"], 4)
-                if fit.train.history
-                else None,
+                "train_loss_last": round(checks[-1]["train_loss"], 4) if checks else None,
                 **(
                     {
                         # one entry per valid check: the mean train loss since the last check and the
@@ -341,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
                             }
                             for h in checks
                         ],
-                        "resumed_from_step": resumed["step"] if resumed else None,
+                        "resumed_from_step": resumed_from_step,
                         "best_step": fit.train.best_step,
                         "best_valid_auc": round(fit.train.best_metric, 4),
                         "converged": fit.train.stopped == "early_stopping",
@@ -349,9 +345,7 @@ def main(argv: list[str] | None = None) -> None:
                     if valid_prompts
                     else {
                         # the mean train loss of every 8 steps (one entry per check): where it stops falling
-                        "train_loss_per_8_steps": [
-                            round(h["train_loss"], 4) for h in fit.train.history if "train_loss" in h
-                        ],
+                        "train_loss_per_8_steps": [round(h["train_loss"], 4) for h in checks],
                     }
                 ),
                 "eval_seconds": round(eval_seconds, 1),
