@@ -195,12 +195,10 @@ def ranking_report(
 
 def tune_itemknn(valid: EvalInputs, grid: Sequence[dict[str, float]] = ITEMKNN_GRID) -> dict[str, float]:
     """ItemKNN's neighbourhood size and shrinkage picked on the valid split (fit on train, ranked on
-    valid), as a practitioner would before comparing with it; ~1 s per fit on ML-100K."""
+    valid), as a practitioner would before comparing with it. The whole grid shares one pass over the
+    co-occurrence counts (``ItemKNN.fit_grid``): at 10⁵ items a fit is minutes, not ~1 s as on ML-100K."""
     best, best_ndcg = grid[0], -1.0
-    for params in grid:
-        model = ItemKNN(k=int(params["k"]), shrink=float(params["shrink"])).fit(
-            valid.train_sequences, valid.n_items
-        )
+    for params, model in ItemKNN.fit_grid(valid.train_sequences, valid.n_items, grid):
         ranks = ranks_in_chunks(
             lambda a, b, model=model: model.score(valid.histories[a:b]), valid.targets, valid.histories
         )

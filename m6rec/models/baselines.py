@@ -56,6 +56,38 @@ class Popularity:
         return np.tile(self.counts_, (len(histories), 1))
 
 
+def item_neighbours(
+    train_sequences: Sequences, n_items: int, k: int, shrinks: Sequence[float], block_size: int = 2048
+) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """ItemKNN's neighbour lists for several shrinkages from one pass over the co-occurrence counts
+    (which do not depend on the shrinkage): per shrink, ``(items [n_items, k'], similarities
+    [n_items, k'])``, each row best first (ties to the smaller item) and padded with similarity 0,
+    ``k' = min(k, n_items - 1)``. A list of k holds every shorter one as its prefix, so one pass serves
+    a whole (k, shrink) grid. Only co-occurring pairs are visited (the counts stay sparse: items that
+    never share a user have similarity 0 and are never neighbours), so the cost follows the pairs in
+    the log, not items²; row blocks of ``block_size`` items bound the memory of the pairs at once."""
+    x = binary_matrix(train_sequences, n_items)
+    xt = x.T.tocsr()
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    k = min(k, max(n_items - 1, 1))
+    out = {float(s): (np.zeros((n_items, k), np.int32), np.zeros((n_items, k), np.float32)) for s in shrinks}
+    for start in range(0, n_items, block_size):
+        co = (xt[start : start + block_size] @ x).tocoo()
+        rows, cols, counts = co.row.astype(np.int64) + start, co.col.astype(np.int64), co.data
+        other = rows != cols  # an item is not its own neighbour
+        rows, cols, counts = rows[other], cols[other], counts[other]
+        denominator = norms[rows] * norms[cols]
+        for shrink, (items, similarities) in out.items():
+            sim = counts / (denominator + shrink + 1e-6)
+            order = np.lexsort((cols, -sim, rows))  # by item, then best first, then smaller neighbour
+            r, c, v = rows[order], cols[order], sim[order]
+            rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
+            top = (rank < k) & (v > 0)
+            items[r[top], rank[top]] = c[top]
+            similarities[r[top], rank[top]] = v[top]
+    return out
+
+
 class ItemKNN:
     """Item-item cosine neighbours on the binary train matrix, as RecBole's ItemKNN.
 
@@ -72,26 +104,32 @@ class ItemKNN:
         """[n_items, n_items]: row j holds sim(j, i) for i in N_k(j)."""
 
     def fit(self, train_sequences: Sequences, n_items: int) -> ItemKNN:
-        x = binary_matrix(train_sequences, n_items)
-        xt = x.T.tocsr()
-        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-        k = min(self.k, max(n_items - 1, 1))
-        rows, cols, vals = [], [], []
-        # Row blocks bound memory at block_size x n_items dense floats for any catalogue size.
-        for start in range(0, n_items, self.block_size):
-            stop = min(start + self.block_size, n_items)
-            co = (xt[start:stop] @ x).toarray()
-            sim = co / (norms[start:stop, None] * norms[None, :] + self.shrink + 1e-6)
-            sim[np.arange(stop - start), np.arange(start, stop)] = 0.0
-            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # stable: ties go to the smaller index
-            top_vals = np.take_along_axis(sim, top, axis=1)
-            keep = top_vals > 0
-            rows.append(np.nonzero(keep)[0] + start)
-            cols.append(top[keep])
-            vals.append(top_vals[keep])
+        neighbours = item_neighbours(train_sequences, n_items, self.k, [self.shrink], self.block_size)
+        return self._set_neighbours(*neighbours[float(self.shrink)])
+
+    @classmethod
+    def fit_grid(
+        cls,
+        train_sequences: Sequences,
+        n_items: int,
+        grid: Sequence[dict[str, float]],
+        block_size: int = 2048,
+    ) -> Iterator[tuple[dict[str, float], ItemKNN]]:
+        """``(params, fitted model)`` for each ``{"k", "shrink"}`` of ``grid``, as many separate fits would
+        give, from one pass over the co-occurrences (a tuning grid costs about one fit, not one per point)."""
+        k_max = max(int(p["k"]) for p in grid)
+        neighbours = item_neighbours(
+            train_sequences, n_items, k_max, sorted({float(p["shrink"]) for p in grid}), block_size
+        )
+        for params in grid:
+            model = cls(k=int(params["k"]), shrink=float(params["shrink"]), block_size=block_size)
+            yield params, model._set_neighbours(*neighbours[float(params["shrink"])])
+
+    def _set_neighbours(self, items: np.ndarray, similarities: np.ndarray) -> ItemKNN:
+        items, similarities = items[:, : self.k], similarities[:, : self.k]
+        rows, slots = np.nonzero(similarities > 0)
         self.similarity_ = sp.csr_array(
-            (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(n_items, n_items),
+            (similarities[rows, slots], (rows, items[rows, slots])), shape=(len(items), len(items))
         )
         return self
 

@@ -10,7 +10,7 @@ import pytest
 
 from m6rec.data.eval_inputs import build_eval_inputs
 from m6rec.evaluation.metrics import rank_of_targets, ranking_metrics
-from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline, _training_windows
+from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline, _training_windows, binary_matrix
 
 
 def _splits_frame(sequences: dict[str, list[str]], cold: dict[str, list[tuple[int, str]]] | None = None):
@@ -83,6 +83,39 @@ def test_itemknn_keeps_top_k_neighbours_per_candidate() -> None:
     np.testing.assert_allclose(scores, [[0, 1, 0, 0], [0, 0, 0, 1 / math.sqrt(2)]], rtol=1e-5)
     # Item 0 is not among item 2's single neighbour, so a history of {0} gives item 2 nothing.
     assert scores[0, 2] == 0
+
+
+def _itemknn_by_full_sort(train_sequences, n_items: int, k: int, shrink: float) -> np.ndarray:
+    """ItemKNN's similarity matrix the direct way: every row fully sorted (stable, ties to the smaller
+    item), its k best kept when positive (float32 arithmetic, as the fit's)."""
+    x = binary_matrix(train_sequences, n_items).toarray()
+    norms = np.sqrt(x.sum(axis=0))
+    sim = (x.T @ x) / (norms[:, None] * norms[None, :] + shrink + 1e-6)
+    np.fill_diagonal(sim, 0.0)
+    top = np.argsort(-sim, axis=1, kind="stable")[:, : min(k, max(n_items - 1, 1))]
+    expected = np.zeros_like(sim)
+    rows = np.arange(n_items)[:, None]
+    expected[rows, top] = np.where(sim[rows, top] > 0, sim[rows, top], 0.0)
+    return expected.astype(np.float32)
+
+
+def test_itemknn_partitioned_top_k_and_the_shared_grid_match_a_full_sort() -> None:
+    """Small integer co-counts tie often, so this checks the tie rule (smaller item first) at the cut,
+    across row blocks, and that one pass for a (k, shrink) grid gives each point's own fit."""
+    rng = np.random.default_rng(0)
+    n_items = 40
+    sequences = [rng.choice(n_items, size=rng.integers(1, 6), replace=False) for _ in range(60)]
+    grid = [{"k": k, "shrink": shrink} for k in (1, 3, 7, 39, 60) for shrink in (0.0, 2.0)]
+    fitted = dict(
+        ((p["k"], p["shrink"]), m) for p, m in ItemKNN.fit_grid(sequences, n_items, grid, block_size=16)
+    )
+    for params in grid:
+        expected = _itemknn_by_full_sort(sequences, n_items, params["k"], params["shrink"])
+        single = ItemKNN(k=params["k"], shrink=params["shrink"], block_size=16).fit(sequences, n_items)
+        np.testing.assert_array_equal(single.similarity_.toarray(), expected)
+        np.testing.assert_array_equal(fitted[(params["k"], params["shrink"])].similarity_.toarray(), expected)
+    ties = _itemknn_by_full_sort(sequences, n_items, n_items, 0.0)
+    assert any(len(np.unique(row[row > 0])) < (row > 0).sum() for row in ties)  # the data does tie
 
 
 def test_training_windows_cover_each_target_once() -> None:
