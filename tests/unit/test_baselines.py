@@ -99,7 +99,7 @@ def _itemknn_by_full_sort(train_sequences, n_items: int, k: int, shrink: float) 
     return expected.astype(np.float32)
 
 
-def test_itemknn_partitioned_top_k_and_the_shared_grid_match_a_full_sort() -> None:
+def test_itemknn_sparse_top_k_and_the_shared_grid_match_a_full_sort() -> None:
     """Small integer co-counts tie often, so this checks the tie rule (smaller item first) at the cut,
     across row blocks, and that one pass for a (k, shrink) grid gives each point's own fit."""
     rng = np.random.default_rng(0)
