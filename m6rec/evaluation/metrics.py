@@ -131,6 +131,24 @@ def ranks_in_chunks(
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
 
 
+def _top_by_threshold(chunk: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The rows' top ``k`` (score descending, ties by item index) without sorting the catalogue: every
+    item scoring at least a row's k-th score is among the ``m`` largest (``m`` = the most such items in
+    any row), and only those are put in order. None when some k-th score is -inf, where excluded items
+    and genuine -inf scores must be told apart (the full sort does that)."""
+    if k == 0:
+        return torch.zeros((len(chunk), 0), dtype=torch.int64)
+    kth = torch.topk(chunk, k, dim=1).values[:, -1:]
+    if bool(torch.isneginf(kth).any()):
+        return None
+    m = int((chunk >= kth).sum(dim=1).max())
+    values, indices = torch.topk(chunk, m, dim=1)
+    indices, by_index = indices.sort(dim=1)  # ties by item index ...
+    values = values.gather(1, by_index)
+    by_score = values.sort(dim=1, descending=True, stable=True).indices  # ... kept by the stable sort
+    return indices.gather(1, by_score)[:, :k]
+
+
 def topk(scores: Scores, k: int, exclude: Exclusion = None, chunk_size: int = 1024) -> np.ndarray:
     """Top-``k`` item indices per row, best first, history excluded, ties by item index.
 
@@ -144,6 +162,10 @@ def topk(scores: Scores, k: int, exclude: Exclusion = None, chunk_size: int = 10
     for start in range(0, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
         chunk = _masked_chunk(scores_t, mask, start, stop)
+        fast = _top_by_threshold(chunk, k_eff)
+        if fast is not None:
+            out.append(fast.cpu())
+            continue
         order = torch.sort(chunk, dim=1, descending=True, stable=True).indices
         top = order
         if mask is not None:

@@ -40,7 +40,13 @@ from m6rec.models.late_interaction import (
     predict_token_ctr,
 )
 from m6rec.models.ranking import ctr_tensors, predict_ctr
-from m6rec.models.retrieval import EVAL_CHUNK, evaluate_retrieval, query_windows, score_windows
+from m6rec.models.retrieval import (
+    EVAL_CHUNK,
+    catalogue_vectors,
+    evaluate_retrieval,
+    query_windows,
+    score_windows,
+)
 from m6rec.text.textify import TextStyle
 
 KS = (10, 20, 50)
@@ -241,8 +247,11 @@ def evaluate(
     for name, model in retrievers.items():
         start = time.perf_counter()
         windows, targets, exclude = query_windows(data, "test", model.config.max_len, users["test"])
+        items = catalogue_vectors(model)
         metrics, curve, pop = ranking_report(
-            lambda a, b, model=model, windows=windows: score_windows(model, windows[a:b]),
+            lambda a, b, model=model, windows=windows, items=items: score_windows(
+                model, windows[a:b], item_vecs_raw=items
+            ),
             targets,
             exclude,
             data,

@@ -291,13 +291,17 @@ class SASRecBaseline:
                 self.model_.train()
                 total, n_tokens = 0.0, 0
                 for inputs, targets in self._batches(windows, rng.permutation(len(windows))):
-                    logits = self.model_.logits(self.model_(inputs))
-                    loss = loss_fn(logits.view(-1, n_items), targets.view(-1))
+                    # logits for real positions only: padding would cost batch × window × catalogue
+                    real = targets != -100
+                    logits = self.model_.logits(self.model_(inputs)[real])
+                    loss = loss_fn(logits, targets[real])
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
-                    count = int((targets != -100).sum())
+                    count = int(real.sum())
                     total, n_tokens = total + loss.item() * count, n_tokens + count
+                    if self._out_of_time(started):  # an epoch of a large log outlasts the budget
+                        break
                 record = {"epoch": epoch, "loss": total / n_tokens, "seconds": time.perf_counter() - started}
                 if valid is not None:
                     histories, targets = valid
@@ -312,10 +316,7 @@ class SASRecBaseline:
                         since_best += 1
                 self.history_.append(record)
                 log.info("SASRec epoch %s: %s", epoch, record)
-                out_of_time = (
-                    self.max_train_seconds is not None and record["seconds"] > self.max_train_seconds
-                )
-                if (valid is not None and since_best >= self.patience) or out_of_time:
+                if (valid is not None and since_best >= self.patience) or self._out_of_time(started):
                     break
             if best_state is not None:
                 self.model_.load_state_dict(best_state)
@@ -324,6 +325,11 @@ class SASRecBaseline:
                 self.best_epoch_ = len(self.history_)
         self.model_.eval()
         return self
+
+    def _out_of_time(self, started: float) -> bool:
+        """The wall-clock budget is spent: checked after every batch, so training stops mid-epoch (the
+        partial epoch is still evaluated on valid and kept if it is the best)."""
+        return self.max_train_seconds is not None and time.perf_counter() - started > self.max_train_seconds
 
     @torch.no_grad()
     def _score_tensor(self, histories: Sequences) -> torch.Tensor:

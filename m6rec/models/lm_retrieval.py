@@ -41,6 +41,11 @@ class LMRetrieverConfig:
     temperature: float = 0.07
     use_ids: bool = False  # add-on: a learned row per item seen in training
     use_popularity: bool = False  # add-on: a train-popularity bucket embedding (the text says it too)
+    # Past this many items a step's softmax runs over the batch's own items plus `sampled_negatives`
+    # uniformly drawn ones (mixed negative sampling) instead of the whole catalogue: the item tower over
+    # 10⁵ items is ~4·10¹¹ FLOPs a step on this CPU, over ~10⁴ it is a tenth of that.
+    full_softmax_max_items: int = 50_000
+    sampled_negatives: int = 8192
 
 
 class LMRetriever(LMSegmentModel):
@@ -92,36 +97,43 @@ class LMRetriever(LMSegmentModel):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
 
-    def item_vectors(self, normalize: bool = True) -> torch.Tensor:
-        """[n_items, dim]: the item tower over the whole catalogue (from text; IDs only where trained)."""
-        vec = self.item_head(self.dropout(self.item_sentences))
+    def item_vectors(self, normalize: bool = True, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_items, dim]: the item tower over the whole catalogue (from text; IDs only where trained);
+        with ``items``, over those rows only."""
+        rows = slice(None) if items is None else items
+        vec = self.item_head(self.dropout(self.item_sentences[rows]))
         if self.id_emb is not None:
-            vec = vec + self.id_emb.weight * self.has_id[:, None]
+            vec = vec + self.id_emb.weight[rows] * self.has_id[rows, None]
         if self.pop_emb is not None:
-            vec = vec + self.pop_emb(self.pop_buckets)
+            vec = vec + self.pop_emb(self.pop_buckets[rows])
         return F.normalize(vec, dim=-1) if normalize else vec
 
-    def history_inputs(self, item_vecs_raw: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def history_inputs(
+        self, item_vecs_raw: torch.Tensor, items: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[B, T, H]: what each history segment starts from — the item's cached text state plus the item
         tower's (un-normalised) output mapped back to the layers' width. Gathered before the projection:
-        a request maps its own few events, not the whole catalogue."""
+        a request maps its own few events, not the whole catalogue. ``rows``: where each item's vector is
+        in ``item_vecs_raw`` when that holds a subset of the catalogue (default: the item index)."""
         idx = items.clamp(min=0)
-        return self.item_states[idx] + self.history_proj(item_vecs_raw[idx])
+        return self.item_states[idx] + self.history_proj(item_vecs_raw[idx if rows is None else rows])
 
     def user_states(
         self,
         batch: dict[str, torch.Tensor],
         item_vecs_raw: torch.Tensor,
         profile_states: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, T+1, dim], unit norm: position 0 reads the profile, position t the first t events."""
+        """[B, T+1, dim], unit norm: position 0 reads the profile, position t the first t events
+        (``rows`` as for :meth:`history_inputs`)."""
         items, lengths = batch["items"], batch["lengths"]
         steps = items.shape[1] + 1
         segments = torch.cat(
             [
                 self.profile_segment(batch["users"], profile_states)[:, None],
                 self.history_segments(
-                    self.history_inputs(item_vecs_raw, items), batch["ratings"], batch["gaps"]
+                    self.history_inputs(item_vecs_raw, items, rows), batch["ratings"], batch["gaps"]
                 ),
             ],
             dim=1,
@@ -132,11 +144,24 @@ class LMRetriever(LMSegmentModel):
         return F.normalize(self.user_proj(self.encode(segments, allowed)), dim=-1)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raw = self.item_vectors(normalize=False)
-        states = self.user_states(batch, raw)[:, :-1]  # position t predicts item t
-        valid = batch["items"] >= 0
+        """Softmax CE for every next-item position: over the catalogue, or past
+        ``full_softmax_max_items`` over the batch's items (every window item is both a history segment
+        and a target) plus ``sampled_negatives`` uniform ones, the item tower running on those only."""
+        items = batch["items"]
+        valid = items >= 0
+        targets = items[valid]
+        if self.n_items <= self.config.full_softmax_max_items:
+            raw = self.item_vectors(normalize=False)
+            states = self.user_states(batch, raw)[:, :-1]  # position t predicts item t
+        else:
+            negatives = torch.randint(self.n_items, (self.config.sampled_negatives,), device=items.device)
+            classes = torch.unique(torch.cat([targets, negatives]))  # sorted
+            raw = self.item_vectors(normalize=False, items=classes)
+            rows = torch.searchsorted(classes, items.clamp(min=0))
+            states = self.user_states(batch, raw, rows=rows)[:, :-1]
+            targets = torch.searchsorted(classes, targets)
         logits = states[valid] @ F.normalize(raw, dim=-1).T / self.config.temperature
-        return F.cross_entropy(logits, batch["items"][valid])
+        return F.cross_entropy(logits, targets)
 
     @torch.no_grad()
     def user_vectors(
@@ -151,8 +176,13 @@ class LMRetriever(LMSegmentModel):
         return states[torch.arange(len(states)), batch["lengths"]]
 
     @torch.no_grad()
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.user_vectors(batch) @ self.item_vectors().T
+    def score(
+        self, batch: dict[str, torch.Tensor], item_vecs_raw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, n_items] cosine scores; ``item_vecs_raw`` as for :meth:`user_vectors`."""
+        if item_vecs_raw is None:
+            item_vecs_raw = self.item_vectors(normalize=False)
+        return self.user_vectors(batch, item_vecs_raw) @ F.normalize(item_vecs_raw, dim=-1).T
 
 
 def new_lm_retriever(

@@ -152,15 +152,22 @@ def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor
         dict(zip(data.users["user_id"], data.users["user_idx"], strict=True)),
     )
     n = len(examples)
+    lengths = examples["history_item_ids"].map(len).to_numpy(dtype=np.int64)
     width = int(examples["history_length"].max()) if n else 1
     hist = np.full((n, width), -1, dtype=np.int64)
     ratings = np.zeros((n, width), dtype=np.int64)
     gaps = np.zeros((n, width), dtype=np.int64)
-    for i, row in enumerate(examples.itertuples(index=False)):
-        k = len(row.history_item_ids)
-        hist[i, :k] = [item_index[x] for x in row.history_item_ids]
-        ratings[i, :k] = rating_ids(np.asarray(row.history_ratings, dtype=float))
-        gaps[i, :k] = gaps_before(np.asarray(row.history_ts, dtype=np.int64), row.target_ts)
+    if lengths.sum():  # every example's history at once: rows × columns of the padded arrays
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ids = pd.Series(_flat(examples["history_item_ids"]))
+        items = ids.map(item_index)
+        if items.isna().any():
+            raise KeyError(f"history item ids not in the catalogue, e.g. {ids[items.isna()].head().tolist()}")
+        hist[rows, cols] = items.to_numpy(dtype=np.int64)
+        ratings[rows, cols] = rating_ids(_flat(examples["history_ratings"]).astype(float))
+        target_ts = np.repeat(examples["target_ts"].to_numpy(dtype=np.int64), lengths)
+        gaps[rows, cols] = gaps_before(_flat(examples["history_ts"]).astype(np.int64), target_ts)
     cand = examples["target_item_id"].map(item_index).to_numpy(dtype=np.int64)
     return {
         "users": torch.tensor(examples["user_id"].map(user_index).to_numpy(dtype=np.int64)),
@@ -171,6 +178,12 @@ def ctr_tensors(examples: pd.DataFrame, data: RecData) -> dict[str, torch.Tensor
         "cand_mean": torch.tensor(_candidate_mean_rating(examples, data, cand)),
         "labels": torch.tensor(examples["label"].to_numpy(dtype=np.int64)),
     }
+
+
+def _flat(column: pd.Series) -> np.ndarray:
+    """A column of per-row lists, concatenated (rows with none add nothing)."""
+    parts = [np.asarray(v) for v in column.to_numpy() if len(v)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _candidate_mean_rating(examples: pd.DataFrame, data: RecData, cand: np.ndarray) -> np.ndarray:

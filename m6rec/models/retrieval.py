@@ -18,7 +18,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -163,9 +162,15 @@ class SequentialRetriever(CachedSegmentModel):
         return states[torch.arange(len(states)), batch["lengths"]]
 
     @torch.no_grad()
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[B, n_items] cosine similarities of each user's last state with every item."""
-        return self.user_vectors(batch) @ self.item_vectors().T
+    def score(
+        self, batch: dict[str, torch.Tensor], item_vecs_raw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, n_items] cosine similarities of each user's last state with every item. ``item_vecs_raw``:
+        ``item_vectors(normalize=False)`` computed once by a caller that scores many batches."""
+        if item_vecs_raw is None:
+            item_vecs_raw = self.item_vectors(normalize=False)
+        items = F.normalize(item_vecs_raw, dim=-1) if self.config.cosine else item_vecs_raw
+        return self.user_vectors(batch, item_vecs_raw) @ items.T
 
 
 def new_retriever(config: RetrieverConfig, data: RecData, cache: SegmentCache) -> SequentialRetriever:
@@ -184,24 +189,47 @@ class Window:
     gaps: np.ndarray
 
 
-def _window(user: int, frame: pd.DataFrame, start: int, end: int) -> Window:
-    items = frame["item_idx"].to_numpy()
-    return Window(
-        user,
-        items[start:end],
-        rating_ids(frame["rating"].to_numpy())[start:end],
-        gap_buckets(frame["ts"].to_numpy())[start:end],
-    )
+@dataclass(frozen=True)
+class UserEvents:
+    """The events of some splits as arrays in (user_idx, position) order: user ``u``'s rows are
+    ``start[u]:start[u + 1]``. Windows are slices of these (no per-user frames: a log of 10⁶ users would
+    spend minutes building them on every evaluation)."""
+
+    start: np.ndarray  # [n_users + 1]
+    position: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray  # rating ids
+    gaps: np.ndarray  # gap buckets: the time since the user's previous event in these splits
+
+    @classmethod
+    def of(cls, data: RecData, splits: tuple[str, ...]) -> UserEvents:
+        chosen = data.events[data.events["split"].isin(splits)]  # sorted by user_idx, position
+        users = chosen["user_idx"].to_numpy(dtype=np.int64)
+        start = np.searchsorted(users, np.arange(data.n_users + 1))
+        first = np.zeros(len(users), dtype=bool)
+        first[start[:-1][start[:-1] < len(users)]] = True
+        return cls(
+            start=start,
+            position=chosen["position"].to_numpy(dtype=np.int64),
+            items=chosen["item_idx"].to_numpy(dtype=np.int64),
+            ratings=rating_ids(chosen["rating"].to_numpy()),
+            gaps=gap_buckets(chosen["ts"].to_numpy(), first=first),
+        )
+
+    def window(self, user: int, start: int, end: int) -> Window:
+        """Rows ``start:end`` (absolute) of ``user``."""
+        return Window(user, self.items[start:end], self.ratings[start:end], self.gaps[start:end])
 
 
 def training_windows(data: RecData, max_len: int) -> list[Window]:
     """Each user's train sequence cut into windows of ``max_len`` from the end: every event is a
     prediction target exactly once per epoch (the first event of a window is predicted from the profile)."""
+    events = UserEvents.of(data, ("train",))
     out = []
-    for user, frame in enumerate(data.sequences(("train",))):
-        n = len(frame)
-        for end in range(n, 0, -max_len):
-            out.append(_window(user, frame, max(0, end - max_len), end))
+    for user in range(data.n_users):
+        first, last = int(events.start[user]), int(events.start[user + 1])
+        for end in range(last, first, -max_len):
+            out.append(events.window(user, max(first, end - max_len), end))
     return out
 
 
@@ -210,18 +238,18 @@ def query_windows(
 ) -> tuple[list[Window], np.ndarray, list[np.ndarray]]:
     """For each held-out event (of ``users`` only, when given): the last ``max_len`` events before it,
     its target and full history."""
-    hist = data.sequences(data.history_splits(split))
-    windows, targets, exclude = [], [], []
+    events = UserEvents.of(data, data.history_splits(split))
     holdout = data.holdout(split)
     if users is not None:
         holdout = holdout[holdout["user_id"].astype(str).isin(set(users))]
-    for row in holdout.itertuples(index=False):
-        frame = hist[row.user_idx]
-        frame = frame[frame["position"] < row.position]
-        windows.append(_window(row.user_idx, frame, max(0, len(frame) - max_len), len(frame)))
-        targets.append(row.item_idx)
-        exclude.append(frame["item_idx"].to_numpy())
-    return windows, np.asarray(targets, dtype=np.int64), exclude
+    windows, exclude = [], []
+    users_idx, positions = (holdout[c].to_numpy(dtype=np.int64) for c in ("user_idx", "position"))
+    for user, position in zip(users_idx, positions, strict=True):
+        first, last = int(events.start[user]), int(events.start[user + 1])
+        end = first + int(np.searchsorted(events.position[first:last], position))  # events before it
+        windows.append(events.window(int(user), max(first, end - max_len), end))
+        exclude.append(events.items[first:end])
+    return windows, holdout["item_idx"].to_numpy(dtype=np.int64, copy=True), exclude
 
 
 def collate(windows: Sequence[Window]) -> dict[str, torch.Tensor]:
@@ -248,16 +276,35 @@ def collate(windows: Sequence[Window]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def score_windows(model: SequentialRetriever, windows: Sequence[Window], batch_size: int = 256) -> np.ndarray:
+def score_windows(
+    model: SequentialRetriever,
+    windows: Sequence[Window],
+    batch_size: int = 256,
+    item_vecs_raw: torch.Tensor | None = None,
+) -> np.ndarray:
+    """[len(windows), n_items] scores. The item tower runs once over the catalogue here (or not at all
+    when the caller passes ``item_vecs_raw``, e.g. once per evaluation), not once per batch."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    if item_vecs_raw is None:
+        item_vecs_raw = catalogue_vectors(model)
     out = []
     for start in range(0, len(windows), batch_size):
         batch = {k: v.to(device) for k, v in collate(windows[start : start + batch_size]).items()}
-        out.append(model.score(batch).float().cpu().numpy())
+        out.append(model.score(batch, item_vecs_raw).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.n_items), dtype=np.float32)
+
+
+@torch.no_grad()
+def catalogue_vectors(model: SequentialRetriever) -> torch.Tensor:
+    """The item tower over the whole catalogue, in eval mode (what every scored batch shares)."""
+    was_training = model.training
+    model.eval()
+    vectors = model.item_vectors(normalize=False)
+    model.train(was_training)
+    return vectors
 
 
 def evaluate_retrieval(
@@ -269,8 +316,21 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """Full-ranking metrics over the whole catalogue, history items excluded (RecBole protocol), for
     every user with a ``split`` target or the given sample of ``users``."""
-    windows, targets, exclude = query_windows(data, split, model.config.max_len, users)
-    ranks = ranks_in_chunks(lambda a, b: score_windows(model, windows[a:b]), targets, exclude, EVAL_CHUNK)
+    return evaluate_windows(model, *query_windows(data, split, model.config.max_len, users), ks)
+
+
+def evaluate_windows(
+    model: SequentialRetriever,
+    windows: Sequence[Window],
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+    ks: Sequence[int] = (10, 20),
+) -> dict[str, float]:
+    """:func:`evaluate_retrieval` on windows built once (training evaluates the same ones many times)."""
+    items = catalogue_vectors(model)
+    ranks = ranks_in_chunks(
+        lambda a, b: score_windows(model, windows[a:b], item_vecs_raw=items), targets, exclude, EVAL_CHUNK
+    )
     return ranking_metrics(ranks, ks)
 
 
@@ -307,11 +367,12 @@ def fit_next_item(
     loader = DataLoader(
         training_windows(data, model.config.max_len), batch_size=batch_size, shuffle=True, collate_fn=collate
     )
+    valid = query_windows(data, "valid", model.config.max_len, eval_users)
     trainer = Trainer(
         model,
         lambda m, b: m.loss(b),
         loader,
-        lambda m: evaluate_retrieval(m, data, "valid", users=eval_users),
+        lambda m: evaluate_windows(m, *valid),
         train_config,
         log=log,
         params=params,

@@ -82,10 +82,14 @@ def rating_ids(ratings: np.ndarray) -> np.ndarray:
     return out
 
 
-def gap_buckets(ts: np.ndarray) -> np.ndarray:
-    """Log2 buckets of the time since the previous event (first event: bucket 0)."""
+def gap_buckets(ts: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """Log2 buckets of the time since the previous event (first event: bucket 0). ``first``: where
+    several users' events are concatenated, True at each user's first event."""
     ts = np.asarray(ts, dtype=np.int64)
-    gaps = np.diff(ts, prepend=ts[:1]).clip(min=0) / 3600.0  # hours
+    gaps = np.diff(ts, prepend=ts[:1]).clip(min=0)
+    if first is not None:
+        gaps[first] = 0
+    gaps = gaps / 3600.0  # hours
     return np.minimum(np.floor(np.log2(gaps + 1.0)).astype(np.int64), N_GAP_BUCKETS - 1)
 
 

@@ -3,6 +3,8 @@ modes, the retriever and the CTR scorer (tiny random encoder, synthetic data).""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,42 @@ def test_retriever_is_causal_and_text_only_by_default(setup) -> None:
     assert not torch.allclose(after[:, -1], states[:, -1])
     scores = model.score(batch)
     assert scores.shape == (4, data.n_items) and float(scores.abs().max()) <= 1 + 1e-5
+
+
+def test_sampled_softmax_is_the_full_softmax_when_the_sample_covers_the_catalogue(setup) -> None:
+    encoder, data, cache = setup
+    config = LMRetrieverConfig(dim=16, item_hidden=32, max_len=6, use_ids=True)
+    torch.manual_seed(0)
+    full = new_lm_retriever(config, data, cache, encoder.model).eval()
+    sampled = new_lm_retriever(
+        replace(config, full_softmax_max_items=0, sampled_negatives=50 * data.n_items),
+        data,
+        cache,
+        encoder.model,
+    ).eval()
+    sampled.load_state_dict(full.state_dict())
+    batch = collate(training_windows(data, 6)[:4])
+    torch.testing.assert_close(sampled.loss(batch), full.loss(batch))
+    # a strict subset: the batch's items and 3 drawn ones, scored as the full model scores them
+    few = new_lm_retriever(
+        replace(config, full_softmax_max_items=0, sampled_negatives=3), data, cache, encoder.model
+    ).eval()
+    few.load_state_dict(full.state_dict())
+    torch.manual_seed(1)
+    loss = few.loss(batch)
+    torch.manual_seed(1)
+    targets = batch["items"][batch["items"] >= 0]
+    classes = torch.unique(torch.cat([targets, torch.randint(data.n_items, (3,))]))
+    assert len(classes) < data.n_items
+    raw = full.item_vectors(normalize=False)
+    states = full.user_states(batch, raw)[:, :-1][batch["items"] >= 0]
+    logits = states @ torch.nn.functional.normalize(raw[classes], dim=-1).T / config.temperature
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy(logits, torch.searchsorted(classes, targets))
+    )
+    few.train()
+    few.loss(batch).backward()  # every tower gets gradients through the sampled classes
+    assert few.item_head[0].weight.grad.abs().sum() > 0 and few.history_proj.weight.grad.abs().sum() > 0
 
 
 def test_retriever_learns_and_counts_its_tuned_lm_weights(setup, tmp_path) -> None:

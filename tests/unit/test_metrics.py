@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
+from m6rec.evaluation import metrics
 from m6rec.evaluation.metrics import (
     catalogue_coverage,
     ctr_metrics,
@@ -164,3 +165,18 @@ def test_novelty_hand_case() -> None:
     counts = np.array([10, 5, 0])  # item 2 never seen: count clipped to 1
     value = novelty([[0, 1], [2, 1]], counts, n_users=10)
     assert value == pytest.approx(((0 + 1) / 2 + (math.log2(10) + 1) / 2) / 2)
+
+
+def test_topk_by_threshold_matches_the_full_sort_with_ties_exclusions_and_minus_inf(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    cases = []
+    for trial in range(100):
+        n, items, k = int(rng.integers(1, 12)), int(rng.integers(1, 40)), int(rng.integers(0, 10))
+        scores = rng.integers(0, 4, size=(n, items)).astype(np.float32)  # many ties
+        if trial % 3 == 0:
+            scores[rng.random(scores.shape) < 0.3] = -np.inf
+        exclude = [rng.choice(items, size=int(rng.integers(0, items + 1)), replace=False) for _ in range(n)]
+        cases.append((scores, k, exclude, topk(scores, k, exclude, chunk_size=5)))
+    monkeypatch.setattr(metrics, "_top_by_threshold", lambda chunk, k: None)  # the full sort only
+    for scores, k, exclude, fast in cases:
+        assert np.array_equal(fast, topk(scores, k, exclude, chunk_size=5))

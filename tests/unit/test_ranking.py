@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -14,7 +16,14 @@ from m6rec.models.ranking import (
     evaluate_ctr,
     new_ranker,
 )
-from m6rec.models.segments import CANDIDATE, HISTORY, PROFILE, build_segment_cache
+from m6rec.models.segments import (
+    CANDIDATE,
+    HISTORY,
+    PROFILE,
+    build_segment_cache,
+    gaps_before,
+    rating_ids,
+)
 from m6rec.training.trainer import TrainConfig, Trainer
 from tests.synthetic import ctr_frame, synthetic_rec_data
 
@@ -69,6 +78,27 @@ def test_late_interaction_backward() -> None:
     loss = scorer([SEGMENTS], [TYPES]).sum()
     loss.backward()
     assert scorer.segment_emb.weight.grad is not None and scorer.head.weight.grad is not None
+
+
+def test_ctr_tensors_hold_each_example_history_as_written() -> None:
+    data = synthetic_rec_data()
+    frame = ctr_frame(data).head(30).copy()
+    frame.at[0, "history_item_ids"], frame.at[0, "history_ratings"], frame.at[0, "history_ts"] = [], [], []
+    frame.at[0, "history_length"] = 0
+    frame.at[3, "history_ratings"] = [None, *frame.at[3, "history_ratings"][1:]]  # an unrated event
+    tensors = ctr_tensors(frame, data)
+    for i, row in enumerate(frame.itertuples(index=False)):
+        k = len(row.history_item_ids)
+        assert tensors["hist_items"][i, :k].tolist() == [data.item_index[x] for x in row.history_item_ids]
+        assert (tensors["hist_items"][i, k:] == -1).all() and (tensors["hist_ratings"][i, k:] == 0).all()
+        ratings = rating_ids(np.asarray(row.history_ratings, dtype=float))
+        assert tensors["hist_ratings"][i, :k].tolist() == ratings.tolist()
+        gaps = gaps_before(np.asarray(row.history_ts, dtype=np.int64), row.target_ts)
+        assert tensors["hist_gaps"][i, :k].tolist() == gaps.tolist()
+    assert tensors["hist_ratings"][3, 0] == rating_ids(np.array([np.nan]))[0]
+    frame.at[5, "history_item_ids"] = ["no-such-item", *frame.at[5, "history_item_ids"][1:]]
+    with pytest.raises(KeyError, match="no-such-item"):
+        ctr_tensors(frame, data)
 
 
 def test_segment_ranker_learns_likes(tmp_path) -> None:

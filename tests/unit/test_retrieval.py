@@ -53,6 +53,42 @@ def test_windows_cover_every_train_event_once_and_queries_follow_protocol() -> N
     assert wins[0].items.tolist() == user0["item_idx"].tolist()[7:11]
 
 
+def _reference_windows(data, split, max_len):
+    """Per-user frames, as the windows were first built: history events before the held-out one."""
+    chosen = data.events[data.events["split"].isin(data.history_splits(split))]
+    out = []
+    for row in data.holdout(split).itertuples(index=False):
+        frame = chosen[chosen["user_idx"] == row.user_idx]
+        gaps = gap_buckets(frame["ts"].to_numpy())
+        before = (frame["position"] < row.position).to_numpy()
+        items = frame["item_idx"].to_numpy()[before]
+        start = max(0, len(items) - max_len)
+        out.append((row.user_idx, items[start:], gaps[before][start:], row.item_idx))
+    return out
+
+
+def test_array_windows_match_per_user_frames_including_interleaved_cold_events() -> None:
+    data = synthetic_rec_data()
+    events = data.events.copy()
+    events["ts"] += events["user_idx"] * 365 * 86_400  # each user after the last: gaps never cross users
+    events.loc[(events["user_idx"] % 3 == 0) & (events["position"] == 5), "split"] = "cold"  # mid-history
+    events.loc[(events["user_idx"] == 1) & (events["split"] == "train"), "split"] = "cold"  # no train events
+    data.events = events
+    for split in ("valid", "test", "cold"):
+        windows, targets, exclude = query_windows(data, split, max_len=20)
+        reference = _reference_windows(data, split, 20)
+        assert len(windows) == len(reference) > 0
+        for window, target, seen, (user, items, gaps, item) in zip(
+            windows, targets, exclude, reference, strict=True
+        ):
+            assert (window.user, target) == (user, item)
+            assert window.items.tolist() == items.tolist() == seen[-20:].tolist()
+            assert window.gaps.tolist() == gaps.tolist()
+    train = training_windows(data, max_len=4)
+    assert not any(w.user == 1 for w in train)
+    assert sum(len(w.items) for w in train) == (data.events["split"] == "train").sum()
+
+
 def test_loss_backward_and_unit_norm_scores() -> None:
     data, _, model = _setup()
     batch = collate(training_windows(data, 8)[:5])
