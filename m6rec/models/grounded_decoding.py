@@ -10,7 +10,11 @@ decodes (greedy, one sequence, its key/value cache reused):
 - **title**: right after a citing verb ("rated", "liked", "watched", ...), the next tokens must spell
   the display title ("Heat (1995)") of a history item that is evidence for the candidate (liked or
   unrated, sharing a genre; the recent likes when none shares one): a token trie over those titles,
-  the model's own logits choosing inside it — the model still decides *which* item to cite;
+  the model's own logits choosing inside it — the model still decides *which* item to cite. After
+  "liked"/"loved"/"enjoyed" only items the user did not rate as a dislike; with none, the clause that
+  would cite one is dropped. A list ("she liked Heat (1995) and ...") is a slot again, without the
+  items already cited, at most two; with none left, the list ends there. A title the token budget cuts
+  short is dropped with its clause;
 - **rating**: after "rated <title>", the item's rating as the history gives it ("5 stars");
 - **genres**: after "genre (" / "genres (", the genres the candidate shares with the cited item, and
   the sentence's end (the tuned format ends there; a model made to write a list it did not choose
@@ -37,6 +41,9 @@ from m6rec.text.textify import DEFAULT_STYLE, Event, ItemText, TextStyle, rating
 __all__ = ["CitableFacts", "citable_facts", "grounded_continuation"]
 
 CITING_VERB = re.compile(r"\b(rated|liked|loved|enjoyed|watched|saw)$")
+LIKE_VERBS = ("liked", "loved", "enjoyed")
+LIST_AND = " and"  # what follows a filled title slot when the model lists another title
+MAX_LISTED = 2  # titles in one list, as the explanations it was tuned on write them
 GENRE_LIST = re.compile(r"\bgenres? \($")
 
 
@@ -48,6 +55,17 @@ class CitableFacts:
     items: list[Event]
     candidate: ItemText
     style: TextStyle = DEFAULT_STYLE
+    disliked: list[Event] = field(default_factory=list)  # of ``items``: rated below the like rule
+
+    def citable(self, verb: str, cited: Sequence[Event] = ()) -> list[Event]:
+        """The items a title slot after ``verb`` may spell: rated ones after "rated", none the user
+        disliked after a verb of liking, none already cited in the same list."""
+        out = [e for e in self.items if all(e is not c for c in cited)]
+        if verb == "rated":
+            return [e for e in out if e.rating is not None]
+        if verb in LIKE_VERBS:
+            return [e for e in out if all(e is not d for d in self.disliked)]
+        return out
 
     def shared_genres(self, cited: Event | None) -> list[str]:
         """The candidate's genres the cited item has (without one: those any citable item has); empty
@@ -73,7 +91,8 @@ def citable_facts(
             if title not in seen:
                 seen.add(title)
                 items.append(e)
-    return CitableFacts(items=items, candidate=candidate, style=style)
+    disliked = [e for e in items if e.rating is not None and not is_like(e.rating)]
+    return CitableFacts(items=items, candidate=candidate, style=style, disliked=disliked)
 
 
 @dataclass
@@ -90,6 +109,19 @@ def _title_trie(lm: CausalLM, items: Sequence[Event]) -> _Node:
             node = node.children.setdefault(token, _Node())
         node.event = e
     return root
+
+
+def _without_open_clause(text: str) -> str:
+    """Ends ``text`` before a clause that cannot be completed truthfully: " it fits her history (most
+    recently she liked" -> " it fits her history."; with no parenthesis to close it at, nothing is kept."""
+    cut = text.rfind(" (")
+    return text[:cut].rstrip(" ,") + "." if cut > 0 else ""
+
+
+def _close_list(text: str) -> str:
+    """ "(most recently he liked Heat (1995) and" -> "(most recently he liked Heat (1995))." """
+    text = text[: -len(LIST_AND)] if text.endswith(LIST_AND) else text
+    return text + (")" if text.count("(") > text.count(")") else "") + "."
 
 
 def _without_last_clause(text: str) -> str:
@@ -118,10 +150,6 @@ def grounded_continuation(
     limit = max_length or lm.max_length
     ids = tok.encode(prompt, add_special_tokens=False)
     ids = ids[max(0, len(ids) - (limit - max_new_tokens)) :]
-    tries = {
-        "any": _title_trie(lm, facts.items),
-        "rated": _title_trie(lm, [e for e in facts.items if e.rating is not None]),
-    }
 
     def rating_tokens(event: Event | None) -> list[int]:
         if verb != "rated" or event is None or event.rating is None:
@@ -137,10 +165,15 @@ def grounded_continuation(
         forced: list[int] = []
         node: _Node | None = None  # inside a title slot: where in the trie
         verb, cited = "", None
+        listed: list[Event] = []  # titles cited in the current list ("X and Y")
+        slot_end = -1  # length of the decoded text when the last title slot was filled
+        slot_start = 0  # generated tokens before the open title slot
         while len(generated) < max_new_tokens:
             if node is not None and node.event is not None and int(logits.argmax()) not in node.children:
                 # a whole title the model does not go on from ("Heat" when "Heat Wave" is citable too)
                 cited, node = node.event, None
+                listed.append(cited)
+                slot_end = len(tok.decode(generated, skip_special_tokens=True))
                 forced = rating_tokens(cited)
             if forced:
                 token = forced.pop(0)
@@ -156,14 +189,23 @@ def grounded_continuation(
                 node = node.children[token]
                 if not node.children:  # the title is spelled out: the slot is filled
                     cited, node = node.event, None
+                    listed.append(cited)
+                    slot_end = len(tok.decode(generated, skip_special_tokens=True))
                     forced = rating_tokens(cited)
             elif not forced:
                 text = tok.decode(generated, skip_special_tokens=True)
-                if (m := CITING_VERB.search(text)) and tries[
-                    "rated" if m.group(1) == "rated" else "any"
-                ].children:
-                    verb = m.group(1)
-                    node = tries["rated" if verb == "rated" else "any"]
+                if slot_end >= 0 and text[slot_end:] == LIST_AND:  # another title of the same list
+                    trie = _title_trie(lm, facts.citable(verb, listed))
+                    if len(listed) >= MAX_LISTED or not trie.children:
+                        return _close_list(text)
+                    node, slot_start = trie, len(generated)
+                elif m := CITING_VERB.search(text):
+                    verb, listed = m.group(1), []
+                    trie = _title_trie(lm, facts.citable(verb))
+                    if trie.children:
+                        node, slot_start = trie, len(generated)
+                    elif verb in LIKE_VERBS and facts.items:  # only disliked items to cite: no such clause
+                        return _without_open_clause(text[: m.start()])
                 elif m := GENRE_LIST.search(text):  # the list; the sentence ends as the tuned format does
                     shared = facts.shared_genres(cited)
                     if not shared:  # nothing to list: the clause that announced a shared genre goes
@@ -173,4 +215,7 @@ def grounded_continuation(
             cache, logits = out.cache, out.logits[0, -1]
     finally:
         backbone.train(was_training)
+    if node is not None:  # the budget ran out inside a title: no half title is stated
+        text = tok.decode(generated[:slot_start], skip_special_tokens=True)
+        return _close_list(text) if text.endswith(LIST_AND) else _without_open_clause(text)
     return tok.decode(generated, skip_special_tokens=True)

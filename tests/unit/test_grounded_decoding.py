@@ -82,8 +82,13 @@ def test_without_evidence_or_slots_the_model_writes_freely(tokenizer) -> None:
 
 
 def test_forced_tokens_count_toward_the_budget(tokenizer) -> None:
-    out = _continue(tokenizer, " he rated Alien (1979) 4 stars", [Event(ALIEN, 2, 5.0)], max_new_tokens=4)
-    assert len(tokenizer.encode(out, add_special_tokens=False)) <= 4 and out.startswith(" he rated Alien")
+    title = len(tokenizer.encode(" he rated Alien (1979)", add_special_tokens=False))
+    out = _continue(
+        tokenizer, " he rated Alien (1979) 4 stars", [Event(ALIEN, 2, 5.0)], max_new_tokens=title + 2
+    )
+    assert len(tokenizer.encode(out, add_special_tokens=False)) <= title + 2
+    assert out.startswith(" he rated Alien (1979) 5")  # the forced rating, cut by the budget
+    assert _continue(tokenizer, " he rated Alien (1979)", [Event(ALIEN, 2, 5.0)], max_new_tokens=4) == ""
 
 
 def test_citable_facts_are_the_evidence_else_the_recent_likes() -> None:
@@ -100,3 +105,34 @@ def test_no_shared_genre_drops_the_clause_that_claims_one(tokenizer) -> None:
     assert out == " he rated Fargo (1996) 5 stars."
     disliked_only = citable_facts(CANDIDATE, [Event(ALIEN, 1, 1.0), Event(ALIEN, 2, 1.0)], LIKE)
     assert [e.item for e in disliked_only.items] == [ALIEN]  # every history item, once, rating as it is
+
+
+def test_a_listed_title_is_a_slot_too_and_the_list_ends_when_nothing_is_left(tokenizer) -> None:
+    history = [Event(FARGO, 1, 2.0), Event(STAR_WARS, 2, 5.0), Event(HEAT, 3, 4.0)]
+    script = " it fits his history (most recently he liked Heat (1995) and Fargo (1996)) and more."
+    out = _continue(tokenizer, script, history)
+    # Fargo shares no genre and was disliked: the second title of the list is Star Wars, as the data says
+    assert out.startswith(" it fits his history (most recently he liked Heat (1995) and Star Wars (1977))")
+    out = _continue(tokenizer, script, history[2:])  # one citable item: the list closes after it
+    assert out == " it fits his history (most recently he liked Heat (1995))."
+
+
+def test_a_verb_of_liking_never_cites_a_disliked_item(tokenizer) -> None:
+    disliked = [Event(ALIEN, 1, 1.0), Event(HEAT, 2, 2.0)]  # no evidence: every item is citable ...
+    script = " it fits his history (most recently he liked Alien (1979))."
+    assert _continue(tokenizer, script, disliked) == " it fits his history."  # ... but not as liked
+    assert _continue(tokenizer, " he watched Alien (1979) twice.", disliked).startswith(" he watched")
+
+
+def test_lists_stop_at_two_titles_and_a_title_cut_by_the_budget_is_dropped(tokenizer) -> None:
+    history = [Event(HEAT, 1, 5.0), Event(STAR_WARS, 2, 5.0), Event(ALIEN, 3, 5.0)]
+    script = (
+        " it fits his history (most recently he liked Alien (1979) and Star Wars (1977) and Heat (1995))."
+    )
+    assert _continue(tokenizer, script, history) == (
+        " it fits his history (most recently he liked Alien (1979) and Star Wars (1977))."
+    )
+    budget = len(
+        tokenizer.encode(" it fits his history (most recently he liked Alien", add_special_tokens=False)
+    )
+    assert _continue(tokenizer, script, history, max_new_tokens=budget) == " it fits his history."
