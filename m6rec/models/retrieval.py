@@ -206,8 +206,7 @@ class UserEvents:
         chosen = data.events[data.events["split"].isin(splits)]  # sorted by user_idx, position
         users = chosen["user_idx"].to_numpy(dtype=np.int64)
         start = np.searchsorted(users, np.arange(data.n_users + 1))
-        first = np.zeros(len(users), dtype=bool)
-        first[start[:-1][start[:-1] < len(users)]] = True
+        first = np.diff(users, prepend=-1) != 0  # each user's first event
         return cls(
             start=start,
             position=chosen["position"].to_numpy(dtype=np.int64),
