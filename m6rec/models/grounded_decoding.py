@@ -170,7 +170,8 @@ def grounded_continuation(
         slot_start = 0  # generated tokens before the open title slot
         while len(generated) < max_new_tokens:
             if node is not None and node.event is not None and int(logits.argmax()) not in node.children:
-                # a whole title the model does not go on from ("Heat" when "Heat Wave" is citable too)
+                # the slot is filled: the title is spelled out, or the model does not go on from a whole
+                # title ("Heat" when "Heat Wave" is citable too)
                 cited, node = node.event, None
                 listed.append(cited)
                 slot_end = len(tok.decode(generated, skip_special_tokens=True))
@@ -186,12 +187,7 @@ def grounded_continuation(
             if token == eos:
                 break
             if node is not None:
-                node = node.children[token]
-                if not node.children:  # the title is spelled out: the slot is filled
-                    cited, node = node.event, None
-                    listed.append(cited)
-                    slot_end = len(tok.decode(generated, skip_special_tokens=True))
-                    forced = rating_tokens(cited)
+                node = node.children[token]  # a spelled-out title (a leaf) is filled at the next step
             elif not forced:
                 text = tok.decode(generated, skip_special_tokens=True)
                 if slot_end >= 0 and text[slot_end:] == LIST_AND:  # another title of the same list
@@ -215,7 +211,7 @@ def grounded_continuation(
             cache, logits = out.cache, out.logits[0, -1]
     finally:
         backbone.train(was_training)
-    if node is not None:  # the budget ran out inside a title: no half title is stated
+    if node is not None and node.children:  # the budget ran out inside a title: no half title is stated
         text = tok.decode(generated[:slot_start], skip_special_tokens=True)
         return _close_list(text) if text.endswith(LIST_AND) else _without_open_clause(text)
     return tok.decode(generated, skip_special_tokens=True)
