@@ -165,24 +165,47 @@ def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
     )[:, None]
 
 
-def attend_to_context(
-    layer: nn.Module, queries: torch.Tensor, context: torch.Tensor, real: torch.Tensor
+def attend_from(
+    layer: nn.Module,
+    queries: torch.Tensor,
+    context: torch.Tensor,
+    allowed: torch.Tensor,
+    *,
+    and_self: bool,
+    projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """One BERT layer for ``queries`` [N, 1, H] that attend to one shared ``context`` [1, T, H] (its
-    ``real`` [1, T] positions) and to themselves; the context is not changed. The same arithmetic as
-    the layer's own forward with the matching mask, without repeating the context N times."""
+    """One BERT layer's output for ``queries`` [N, 1, H] only, each attending to the ``context``
+    [N or 1, T, H] positions ``allowed`` [N or 1, T] (bool) — and to itself when ``and_self``. The same
+    arithmetic as the layer's own forward over ``context`` (+ ``queries``) with the matching mask, read at
+    the query positions, without computing every other position's output (or, for a context of 1,
+    repeating it N times). ``projected``: the queries' own query/key/value projections [N, 1, H] when a
+    caller has them already (a candidate's do not depend on the request)."""
     attn = layer.attention.self
     n, heads, size = queries.shape[0], attn.num_attention_heads, attn.attention_head_size
 
-    def split(x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], heads, size).transpose(1, 2)
-
-    q = split(attn.query(queries))
-    keys = torch.cat([split(attn.key(context)).expand(n, -1, -1, -1), split(attn.key(queries))], dim=2)
-    values = torch.cat([split(attn.value(context)).expand(n, -1, -1, -1), split(attn.value(queries))], dim=2)
-    mask = torch.cat([real, torch.ones_like(real[:, :1])], dim=1)[:, None, None, :]  # [1, 1, 1, T + 1]
-    mixed = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-    mixed = mixed.transpose(1, 2).reshape(n, 1, heads * size)
+    own_q, own_k, own_v = projected or (attn.query(queries), attn.key(queries), attn.value(queries))
+    q = own_q.view(n, heads, size) / size**0.5
+    rows, width = context.shape[:2]
+    # [rows, T, H] -> per head: keys [.., size, T], values [.., T, size]. One query per row, so plain
+    # matmuls (SDPA's kernel costs more than the arithmetic at this size).
+    keys = attn.key(context).view(rows, width, heads, size).permute(0, 2, 3, 1)
+    values = attn.value(context).view(rows, width, heads, size).transpose(1, 2)
+    if rows == 1:  # one shared context: the heads are the batch, the queries its rows
+        scores = torch.bmm(q.transpose(0, 1), keys[0]).transpose(0, 1)
+    else:
+        scores = (q[:, :, None, :] @ keys)[:, :, 0]
+    scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))  # [n, heads, T]
+    if and_self:
+        scores = torch.cat([scores, (q * own_k.view(n, heads, size)).sum(-1, keepdim=True)], dim=-1)
+    weights = scores.softmax(dim=-1)
+    on_context = weights[..., :width]
+    if rows == 1:
+        mixed = torch.bmm(on_context.transpose(0, 1), values[0]).transpose(0, 1)
+    else:
+        mixed = (on_context[:, :, None, :] @ values)[:, :, 0]
+    if and_self:
+        mixed = mixed + weights[..., width:] * own_v.view(n, heads, size)
+    mixed = mixed.reshape(n, 1, heads * size)
     attended = layer.attention.output(mixed, queries)
     return layer.output(layer.intermediate(attended), attended)
 
@@ -245,6 +268,21 @@ class LMSegmentModel(nn.Module):
         positions = torch.arange(segments.shape[1], device=segments.device)
         tokens = self.dropout(segments + self.pos_emb(positions)[None])
         return self.top(tokens, additive_mask(allowed))
+
+    def encode_at(self, segments: torch.Tensor, allowed: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """[B, H]: ``encode(segments, allowed)`` read at one position per row (``at`` [B]) — what a user
+        vector needs — with the last layer computed for that position alone (the layers below it still
+        run over every position, whose outputs it attends to). On one tuned layer this skips the
+        attention output and feed-forward maps of all other positions: most of a request's tower."""
+        positions = torch.arange(segments.shape[1], device=segments.device)
+        hidden = self.dropout(segments + self.pos_emb(positions)[None])
+        *lower, last = self.top.layers
+        if lower:
+            mask = additive_mask(allowed)
+            for layer in lower:
+                hidden = self.top.run_layer(layer, hidden, mask)
+        rows = torch.arange(len(hidden), device=hidden.device)
+        return attend_from(last, hidden[rows, at][:, None], hidden, allowed[rows, at], and_self=False)[:, 0]
 
     def param_groups(self, head_lr: float, lm_lr: float) -> list[dict[str, Any]]:
         """The pretrained layers learn at ``lm_lr``, everything new at ``head_lr``."""

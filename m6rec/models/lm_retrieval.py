@@ -118,15 +118,15 @@ class LMRetriever(LMSegmentModel):
         idx = items.clamp(min=0)
         return self.item_states[idx] + self.history_proj(item_vecs_raw[idx if rows is None else rows])
 
-    def user_states(
+    def _tower_inputs(
         self,
         batch: dict[str, torch.Tensor],
         item_vecs_raw: torch.Tensor,
-        profile_states: torch.Tensor | None = None,
-        rows: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """[B, T+1, dim], unit norm: position 0 reads the profile, position t the first t events
-        (``rows`` as for :meth:`history_inputs`)."""
+        profile_states: torch.Tensor | None,
+        rows: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user tower's segments [B, T+1, H] (profile, then the events) and its causal mask
+        [B, T+1, T+1]: position t sees positions 0..t, never padding."""
         items, lengths = batch["items"], batch["lengths"]
         steps = items.shape[1] + 1
         segments = torch.cat(
@@ -140,7 +140,18 @@ class LMRetriever(LMSegmentModel):
         )
         position = torch.arange(steps, device=items.device)
         causal = position[None, :] <= position[:, None]  # query t sees keys 0..t
-        allowed = causal[None] & (position[None, None, :] <= lengths[:, None, None])
+        return segments, causal[None] & (position[None, None, :] <= lengths[:, None, None])
+
+    def user_states(
+        self,
+        batch: dict[str, torch.Tensor],
+        item_vecs_raw: torch.Tensor,
+        profile_states: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, T+1, dim], unit norm: position 0 reads the profile, position t the first t events
+        (``rows`` as for :meth:`history_inputs`)."""
+        segments, allowed = self._tower_inputs(batch, item_vecs_raw, profile_states, rows)
         return F.normalize(self.user_proj(self.encode(segments, allowed)), dim=-1)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -172,8 +183,9 @@ class LMRetriever(LMSegmentModel):
         requests."""
         if item_vecs_raw is None:
             item_vecs_raw = self.item_vectors(normalize=False)
-        states = self.user_states(batch, item_vecs_raw, batch.get("profile_states"))
-        return states[torch.arange(len(states)), batch["lengths"]]
+        segments, allowed = self._tower_inputs(batch, item_vecs_raw, batch.get("profile_states"), None)
+        state = self.encode_at(segments, allowed, batch["lengths"])  # the last event's position only
+        return F.normalize(self.user_proj(state), dim=-1)
 
     @torch.no_grad()
     def score(

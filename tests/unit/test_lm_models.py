@@ -105,6 +105,28 @@ def test_retriever_is_causal_and_text_only_by_default(setup) -> None:
     assert scores.shape == (4, data.n_items) and float(scores.abs().max()) <= 1 + 1e-5
 
 
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_user_vector_path_equals_the_full_tower_at_the_last_event(setup, tuning) -> None:
+    encoder, data, cache = setup
+    torch.manual_seed(0)
+    config = LMRetrieverConfig(dim=16, item_hidden=32, max_len=6, tuning=tuning, lora_rank=4)
+    model = new_lm_retriever(config, data, cache, encoder.model)
+    with torch.no_grad():  # LoRA's B starts at zero: move it so the adapters matter in this check
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    model.eval()
+    assert len(model.top.layers) == 2  # one layer over every position, the last for one position
+    windows = training_windows(data, 6)
+    batch = collate(windows[:8])
+    assert len(set(batch["lengths"].tolist())) > 1  # padded rows: each row's own last position
+    raw = model.item_vectors(normalize=False)
+    with torch.no_grad():
+        full = model.user_states(batch, raw)[torch.arange(8), batch["lengths"]]
+        fast = model.user_vectors(batch, raw)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+
+
 def test_sampled_softmax_is_the_full_softmax_when_the_sample_covers_the_catalogue(setup) -> None:
     encoder, data, cache = setup
     config = LMRetrieverConfig(dim=16, item_hidden=32, max_len=6, use_ids=True)
@@ -183,7 +205,14 @@ def test_ranker_candidate_path_equals_full_forward(setup) -> None:
     with torch.no_grad():
         full = model(batch)
         late = model.rank_candidates(batch)
+        model.cache_item_vectors()  # serving: item inputs and first-layer candidate projections kept
+        served = model.rank_candidates(batch)
+        width, *tables = model._candidate_projections
+        model._candidate_projections = (width, *(torch.zeros_like(t) for t in tables))
+        unkept = model.rank_candidates(batch)  # proves the kept projections are what served read
     torch.testing.assert_close(late, full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(served, full, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(unkept, full, atol=1e-5, rtol=1e-4)
     # the context never reads the candidate: only the candidate position changes with it
     assert len(set(np.round(full.numpy(), 5))) > 1
 
