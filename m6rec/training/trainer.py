@@ -58,7 +58,8 @@ class TrainConfig:
     metric: str = "ndcg@10"
     mode: str = "max"  # or "min" (e.g. logloss)
     patience: int = 5  # evaluations without improvement before stopping
-    max_seconds: float | None = None  # wall-clock budget: stop after the evaluation that passes it
+    max_seconds: float | None = None  # wall-clock budget: checked every step; the step that passes it is
+    # evaluated (so the best weights are chosen among evaluated steps only) and training stops
     seed: int = 0
     mixed_precision: str = "auto"  # "auto" = bf16 on CUDA, none on CPU
     resume: bool = True
@@ -300,7 +301,10 @@ class Trainer:
             self.state["step"] += 1
             bar.update(1)
             step = self.state["step"]
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            # the budget is checked after every step (one step of a large log is seconds, an evaluation
+            # interval minutes), and a run that passes it is evaluated once more at that step
+            out_of_time = cfg.max_seconds is not None and self._elapsed() >= cfg.max_seconds
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
                 self.state["seconds"] = self._elapsed()
                 metrics = self._evaluate()
                 value = metrics[cfg.metric]
@@ -335,7 +339,7 @@ class Trainer:
                 if self.state["bad_evals"] >= cfg.patience:
                     stopped = "early_stopping"
                     break
-                if cfg.max_seconds is not None and self.state["seconds"] >= cfg.max_seconds:
+                if out_of_time or (cfg.max_seconds is not None and self.state["seconds"] >= cfg.max_seconds):
                     stopped = "time_budget"
                     break
         bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,6 +61,25 @@ def test_learns_and_logs_metrics(tmp_path: Path) -> None:
     assert (tmp_path / "best.pt").exists() and (tmp_path / "checkpoint" / "trainer_state.json").exists()
     # Throughput counts optimisation steps only: six evaluations and checkpoints are not in it.
     assert 0 < result.step_seconds < result.seconds and result.steps_per_second == 60 / result.step_seconds
+
+
+def test_time_budget_stops_between_evaluations_and_evaluates_that_step(tmp_path: Path) -> None:
+    """A budget is honoured within a step, not an evaluation interval: on a large log one interval of
+    ``eval_every`` steps can outlast the whole budget."""
+    trainer = _trainer(tmp_path, 10_000)
+    trainer.config = replace(trainer.config, eval_every=5_000, max_seconds=0.3)
+    inner = trainer.loss_fn
+
+    def slow_loss(m, batch):
+        time.sleep(0.02)
+        return inner(m, batch)
+
+    trainer.model.loss_fn = slow_loss
+    result = trainer.fit()
+    assert result.stopped == "time_budget"
+    assert 0.3 <= result.seconds < 2.0 and 5 <= result.steps < 100
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [result.steps] == [result.best_step]
 
 
 @pytest.mark.parametrize(
