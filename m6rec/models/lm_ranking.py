@@ -146,7 +146,7 @@ class LMRanker(LMSegmentModel):
         """Serving: one request's context (batch rows all share row 0's profile and history) through the
         top layers once, then every candidate as a single position attending to it. Equals
         ``forward`` (tested) at a fraction of the cost: context + N positions instead of N x context."""
-        context, real = self.context_segments({k: v[:1] for k, v in batch.items() if k != "cand_mean"})
+        context, real = self.context_segments({k: v[:1] for k, v in batch.items()})
         candidate = self.candidate_segment(batch)
         width = context.shape[1]
         positions = self.pos_emb(torch.arange(width + 1, device=context.device))

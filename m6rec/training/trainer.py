@@ -339,7 +339,7 @@ class Trainer:
                 if self.state["bad_evals"] >= cfg.patience:
                     stopped = "early_stopping"
                     break
-                if out_of_time or (cfg.max_seconds is not None and self.state["seconds"] >= cfg.max_seconds):
+                if out_of_time:
                     stopped = "time_budget"
                     break
         bar.close()
