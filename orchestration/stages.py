@@ -21,12 +21,23 @@ from orchestration.defs.resources import ArtifactStore
 # checked there by the blocking suites); the publish steps copy a passing set over ``raw.*``/``marts.*``.
 RAW_KEYS = {name: dg.AssetKey(["raw", name]) for name in ("ratings", "items", "users")}
 RAW_AUDIT_KEYS = {name: dg.AssetKey(["raw_audit", name]) for name in RAW_KEYS}
-MART_NAMES = ("item_catalogue", "user_profiles", "user_events", "splits", "ctr_examples", "cold_items")
+MART_NAMES = (
+    "item_catalogue",
+    "user_profiles",
+    "user_events",
+    "splits",
+    "ctr_examples",
+    "cold_items",
+    "item_transitions",
+)
 MARTS = {name: dg.AssetKey(["marts", name]) for name in MART_NAMES}
 MARTS_AUDIT_KEYS = {name: dg.AssetKey(["marts_audit", name]) for name in MART_NAMES}
 # An incremental build (daily drops only) rebuilds these for the users the drops touch; publish merges them
 # by user_id. The other marts are rebuilt whole every time.
 PER_USER_MARTS = ("user_events", "splits", "ctr_examples")
+# ... and these by key: the build emits each key it moved with the key's new row, and publish replaces
+# those keys, keeping the rows that match the condition (a pair count of 0 means the pair is gone).
+KEYED_MARTS = {"item_transitions": (("item_id", "next_item_id"), "n > 0")}
 # Daily drops: staged in the run's audit schema, checked, then appended to raw.ratings.
 RAW_DROPS_AUDIT_KEY = dg.AssetKey(["raw_audit", "ratings_drop"])
 RAW_DROPS_KEY = dg.AssetKey(["raw", "ratings_drops"])

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,20 +227,30 @@ def merge_delta(
     users_table: str,
     build_info: dict,
     previous_stats: dict[str, list[int]],
+    keyed: Mapping[str, tuple[Sequence[str], str]] | None = None,
 ) -> str:
     """Publish an incremental build in one transaction: in each ``per_user`` table replace the rows of
-    the users in ``source_schema.<users_table>`` by the audited ones, replace each ``whole`` table, and
-    write ``build_info`` with the fingerprint updated from the rows removed and added (the published
-    tables are never re-read whole). Then drop the audit schema. Returns the new fingerprint."""
-    stats = {name: list(previous_stats[name]) for name in per_user}
+    the users in ``source_schema.<users_table>`` by the audited ones; in each ``keyed`` table
+    (``name: (key columns, keep condition)``) replace the rows of the keys the audited table holds by
+    its rows that meet the condition; replace each ``whole`` table; and write ``build_info`` with the
+    fingerprint updated from the rows removed and added (the published tables are never re-read whole).
+    Then drop the audit schema. Returns the new fingerprint."""
+    keyed = dict(keyed or {})
+    stats = {name: list(previous_stats[name]) for name in [*per_user, *keyed]}
     users = f"(SELECT user_id FROM {source_schema}.{users_table})"
+    replaced = {name: f"user_id IN {users}" for name in per_user}
+    added_rows = {name: f"{source_schema}.{name}" for name in per_user}
+    for name, (keys, keep) in keyed.items():
+        columns = ", ".join(keys)
+        replaced[name] = f"({columns}) IN (SELECT {columns} FROM {source_schema}.{name})"
+        added_rows[name] = f"(SELECT * FROM {source_schema}.{name} WHERE {keep})"
     with transaction(conn):
-        for name in per_user:
-            removed = relation_stats(conn, f"(SELECT * FROM {target_schema}.{name} WHERE user_id IN {users})")
-            added = relation_stats(conn, f"{source_schema}.{name}")
+        for name, where in replaced.items():
+            removed = relation_stats(conn, f"(SELECT * FROM {target_schema}.{name} WHERE {where})")
+            added = relation_stats(conn, added_rows[name])
             stats[name] = [stats[name][k] - removed[k] + added[k] for k in (0, 1)]
-            conn.execute(f"DELETE FROM {target_schema}.{name} WHERE user_id IN {users}")
-            conn.execute(f"INSERT INTO {target_schema}.{name} BY NAME FROM {source_schema}.{name}")
+            conn.execute(f"DELETE FROM {target_schema}.{name} WHERE {where}")
+            conn.execute(f"INSERT INTO {target_schema}.{name} BY NAME FROM {added_rows[name]}")
         for name in whole:
             conn.execute(f"CREATE OR REPLACE TABLE {target_schema}.{name} AS FROM {source_schema}.{name}")
             stats[name] = relation_stats(conn, f"{target_schema}.{name}")

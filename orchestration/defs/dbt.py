@@ -34,6 +34,7 @@ from m6rec.data.warehouse import (
 from orchestration import settings
 from orchestration.defs.resources import WarehouseResource
 from orchestration.stages import (
+    KEYED_MARTS,
     MART_NAMES,
     MARTS,
     MARTS_AUDIT_KEYS,
@@ -272,7 +273,8 @@ def published_marts(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                 schema,
                 MARTS_SCHEMA,
                 per_user=list(PER_USER_MARTS),
-                whole=[n for n in MART_NAMES if n not in PER_USER_MARTS],
+                keyed=KEYED_MARTS,
+                whole=[n for n in MART_NAMES if n not in PER_USER_MARTS and n not in KEYED_MARTS],
                 users_table=TOUCHED_USERS,
                 build_info={**build_info, "delta": delta},
                 previous_stats=previous["table_stats"],

@@ -11,7 +11,16 @@ import pytest
 
 from m6rec.data.sources import read_source
 from m6rec.data.tabular import DataFormatError
-from m6rec.data.warehouse import WarehouseLockedError, connect, replace_raw_tables, table_counts
+from m6rec.data.warehouse import (
+    WarehouseLockedError,
+    connect,
+    fingerprint,
+    merge_delta,
+    replace_raw_tables,
+    table_counts,
+    table_exists,
+    table_stats,
+)
 from tests.synthetic import INTERACTIONS
 
 
@@ -95,3 +104,36 @@ def test_a_warehouse_from_before_numbered_loads_gets_the_columns(tmp_path: Path)
         for table in ("ratings", "load_log"):
             columns = [r[0] for r in conn.execute(f"describe raw.{table}").fetchall()]
             assert columns[-2:] == ["load_seq", "drop_date"], table
+
+
+def test_merge_delta_replaces_keyed_rows_and_keeps_the_fingerprint_exact(tmp_path: Path) -> None:
+    """A keyed table: the audited rows replace the published rows of their keys, a key whose new row
+    fails the keep condition (a pair count of 0) is removed, and the fingerprint updated from the delta
+    equals the fingerprint of the merged tables read whole."""
+    with connect(tmp_path / "w.duckdb") as conn:
+        conn.execute("CREATE SCHEMA marts; CREATE SCHEMA audit")
+        conn.execute("CREATE TABLE marts.pairs (a VARCHAR, b VARCHAR, n BIGINT)")
+        conn.execute("INSERT INTO marts.pairs VALUES ('x','y',3), ('x','z',1), ('y','z',2)")
+        conn.execute("CREATE TABLE marts.events (user_id VARCHAR, item_id VARCHAR)")
+        conn.execute("INSERT INTO marts.events VALUES ('u1','x'), ('u2','y')")
+        previous = table_stats(conn, "marts", ["pairs", "events"])
+        conn.execute("CREATE TABLE audit.pairs (a VARCHAR, b VARCHAR, n BIGINT)")
+        conn.execute("INSERT INTO audit.pairs VALUES ('x','y',4), ('x','z',0), ('z','x',1)")
+        conn.execute("CREATE TABLE audit.events AS SELECT 'u2' AS user_id, 'z' AS item_id")
+        conn.execute("CREATE TABLE audit.touched AS SELECT 'u2' AS user_id")
+        digest = merge_delta(
+            conn,
+            "audit",
+            "marts",
+            per_user=["events"],
+            whole=[],
+            users_table="touched",
+            build_info={},
+            previous_stats=previous,
+            keyed={"pairs": (("a", "b"), "n > 0")},
+        )
+        pairs = conn.execute("SELECT a, b, n FROM marts.pairs ORDER BY a, b").fetchall()
+        assert pairs == [("x", "y", 4), ("y", "z", 2), ("z", "x", 1)]
+        assert conn.execute("SELECT * FROM marts.events ORDER BY 1").fetchall() == [("u1", "x"), ("u2", "z")]
+        assert digest == fingerprint(conn, "marts", ["pairs", "events"])
+        assert not table_exists(conn, "audit", "pairs")  # the audit schema is dropped

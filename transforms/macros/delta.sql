@@ -28,3 +28,36 @@
         {{ ref(name) }}
     {%- endif -%}
 {%- endmacro %}
+
+{#- Train-split pairs (a, b) of one user with b within `watched_next_window` events after a, counted:
+    `relation` is a splits table (or a parenthesised select of one). -#}
+{% macro train_pairs(relation) -%}
+    select a.item_id, b.item_id as next_item_id, count(*) as n
+    from {{ relation }} as a
+    inner join {{ relation }} as b
+        on
+            a.user_id = b.user_id
+            and b.position > a.position
+            and b.position <= a.position + {{ var('watched_next_window') }}
+    where a.split = 'train' and b.split = 'train' and a.item_id <> b.item_id
+    group by a.item_id, b.item_id
+{%- endmacro %}
+
+{#- A mart published by key (orchestration KEYED_MARTS) as it will be once published: on an incremental
+    build, the published rows whose key this build did not emit, plus this build's rows that are kept
+    (`keep`: the rows a key's new state leaves, e.g. a count above 0). On a whole build, the model. -#}
+{% macro as_published_by_key(name, keys, keep) -%}
+    {%- if delta() -%}
+        (
+            select * from {{ delta().published_schema }}.{{ name }} as p
+            where not exists (
+                select 1 from {{ ref(name) }} as c
+                where {% for k in keys %}c.{{ k }} = p.{{ k }}{{ " and " if not loop.last }}{% endfor %}
+            )
+            union all by name
+            select * from {{ ref(name) }} where {{ keep }}
+        )
+    {%- else -%}
+        {{ ref(name) }}
+    {%- endif -%}
+{%- endmacro %}

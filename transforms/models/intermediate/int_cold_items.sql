@@ -1,3 +1,6 @@
+-- A table in the run's audit schema (like int_touched_users): the marts, the touched users and the
+-- ordered events all read it, and as a view each of them would count the whole log again.
+{{ config(materialized='table', schema='marts_audit') }}
 -- The seed is escaped as a SQL string literal: it is free text from the run config.
 with item_counts as (
     select item_id, count(*) as n_interactions

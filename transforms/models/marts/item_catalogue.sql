@@ -13,19 +13,13 @@ with train_stats as (
 ),
 
 -- "Often watched next": for item a, the items b that came within the next `watched_next_window` train
--- events of the same user, at least `watched_next_min_count` times, best by count / sqrt(b's train
--- popularity) (so that blockbusters do not follow everything). Collaborative signal the text can say.
+-- events of the same user (item_transitions), at least `watched_next_min_count` times, best by count /
+-- sqrt(b's train popularity) (so that blockbusters do not follow everything). Collaborative signal the
+-- text can say.
 transitions as (
-    select a.item_id, b.item_id as next_item_id, count(*) as n
-    from {{ as_published('splits') }} as a
-    inner join {{ as_published('splits') }} as b
-        on
-            a.user_id = b.user_id
-            and b.position > a.position
-            and b.position <= a.position + {{ var('watched_next_window') }}
-    where a.split = 'train' and b.split = 'train' and a.item_id <> b.item_id
-    group by a.item_id, b.item_id
-    having count(*) >= {{ var('watched_next_min_count') }}
+    select item_id, next_item_id, n
+    from {{ as_published_by_key('item_transitions', ['item_id', 'next_item_id'], 'n > 0') }}
+    where n >= {{ var('watched_next_min_count') }}
 ),
 
 next_ranked as (
