@@ -105,14 +105,6 @@ def _new_index(vectors: np.ndarray, config: IndexConfig) -> tuple[faiss.Index, d
     return index, {"nlist": nlist}
 
 
-def set_search_threads(n: int) -> None:
-    """FAISS's OpenMP threads for the searches of this process. A service searches once per request, on
-    several request threads and worker processes at once; FAISS's default (an OpenMP team of one thread
-    per core, spinning at its barriers) then oversubscribes the cores, so a worker gives FAISS the
-    threads it gives torch."""
-    faiss.omp_set_num_threads(max(1, int(n)))
-
-
 class ItemIndex:
     """A FAISS index over ``[n_items, dim]`` item vectors (inner product), with the search effort and
     the recall@10 measured when it was built."""

@@ -38,7 +38,6 @@ import torch
 from bentoml._internal.service.openapi.specification import Components, OpenAPISpecification, PathItem
 
 from m6rec.serving.engine import Engine, default_threads, default_workers, env_int
-from m6rec.serving.item_index import set_search_threads
 from m6rec.serving.middleware import NOT_JSON_MEDIA_TYPES, JsonBodyGuard
 from m6rec.serving.packaging import DEFAULT_MODEL_TAG, MODEL_TAG_ENV
 from m6rec.serving.schemas import (
@@ -279,9 +278,7 @@ class M6Rec:
     bundle = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or DEFAULT_MODEL_TAG)
 
     def __init__(self) -> None:
-        threads = env_int("M6REC_TORCH_THREADS", default_threads(WORKERS))
-        torch.set_num_threads(threads)
-        set_search_threads(threads)
+        torch.set_num_threads(env_int("M6REC_TORCH_THREADS", default_threads(WORKERS)))
         stored = _packaged_model() or self.bundle  # resolved from the model store once, here
         device = _pick_device()
         self.engine = Engine(

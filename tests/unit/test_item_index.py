@@ -15,7 +15,6 @@ from m6rec.serving.item_index import (
     exact_top_k,
     probe_queries,
     recall_at_k,
-    set_search_threads,
 )
 from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery
 from tests.bundle_fixtures import build_tiny_bundle, mixed_queries
@@ -98,17 +97,3 @@ def test_serving_from_the_index_answers_like_the_exact_scan(ann_bundle) -> None:
     got, want = ann.similar_items("i3", 5), exact.similar_items("i3", 5)
     assert [s.item_id for s in got] == [s.item_id for s in want]
     np.testing.assert_allclose([s.score for s in got], [s.score for s in want], atol=1e-5)
-
-
-def test_search_threads_follow_the_workers_share_of_the_cores() -> None:
-    """The service gives FAISS the threads it gives torch (not an OpenMP team per core per worker)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    try:
-        set_search_threads(1)
-        assert faiss.omp_get_max_threads() == 1
-        set_search_threads(0)  # never below one thread
-        assert faiss.omp_get_max_threads() == 1
-    finally:
-        faiss.omp_set_num_threads(before)
