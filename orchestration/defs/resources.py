@@ -26,7 +26,7 @@ from orchestration import settings
 
 class DbtCli(DbtCliResource):
     """dagster-dbt's dbt CLI, less two things it does before every invocation that this project gets
-    nothing from, ~2.5 s a run (a fifth of a daily drop's dbt step at 10⁷ events):
+    nothing from (seconds of every run, a large part of a small daily drop's dbt step):
 
     - ``dbt --version`` in a subprocess, to learn the version of the dbt-core installed beside this
       interpreter: read from the package metadata instead (a dbt elsewhere still gets asked);
