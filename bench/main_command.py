@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import cpu_model  # noqa: E402
+
 from m6rec.evaluation.offline import EvaluationReport  # noqa: E402
 
 
@@ -62,7 +64,7 @@ def main() -> None:
         "within_20_minutes": wall <= 20 * 60,
         "profile": os.environ.get("M6REC_PROFILE", "default"),
         "torch_threads": os.environ.get("M6REC_TORCH_THREADS", "Makefile default"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "step_seconds": {name: round(seconds(duration), 1) for name, duration in steps},
         "serving": report.serving,
         "retrieval": report.retrieval,
