@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from importlib.metadata import version as installed_version
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,7 +35,7 @@ class DbtCli(DbtCliResource):
       uses only to fetch row counts or column metadata: no asset here asks for either (publish records
       the row counts of the marts it publishes)."""
 
-    @property
+    @cached_property
     def _cli_version(self) -> Version:
         if Path(self.dbt_executable).parent == Path(sys.executable).parent:
             return Version(installed_version("dbt-core"))

@@ -30,7 +30,7 @@
 {%- endmacro %}
 
 {#- Train-split pairs (a, b) of one user with b within `watched_next_window` events after a, counted:
-    `relation` is a splits table (or a parenthesised select of one). -#}
+    `relation` names a splits table (or a CTE of its rows). -#}
 {% macro train_pairs(relation) -%}
     select a.item_id, b.item_id as next_item_id, count(*) as n
     from {{ relation }} as a

@@ -7,13 +7,17 @@
 -- KEYED_MARTS); a whole build counts every pair.
 {% set d = delta() %}
 {% if d %}
-    with moved as (
+    with published_touched as (
+        select * from {{ d.published_schema }}.splits
+        where user_id in (select user_id from {{ ref('int_touched_users') }})
+    ),
+
+    moved as (
         select item_id, next_item_id, sum(n) as dn
         from (
             select item_id, next_item_id, n from ({{ train_pairs(ref('splits')) }})
             union all
-            select item_id, next_item_id, -n
-            from ({{ train_pairs('(select * from ' ~ d.published_schema ~ '.splits where user_id in (select user_id from ' ~ ref('int_touched_users') ~ '))') }})
+            select item_id, next_item_id, -n from ({{ train_pairs('published_touched') }})
         )
         group by item_id, next_item_id
         having sum(n) <> 0
