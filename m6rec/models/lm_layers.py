@@ -29,7 +29,14 @@ from torch import nn
 from m6rec.data.marts import RecData
 from m6rec.files import staged
 from m6rec.models.backbones import Encoder
-from m6rec.models.segments import HISTORY, N_GAP_BUCKETS, N_RATING_IDS, PROFILE, SegmentCache
+from m6rec.models.segments import (
+    HISTORY,
+    N_GAP_BUCKETS,
+    N_RATING_IDS,
+    PROFILE,
+    SegmentCache,
+    share_cache_tables,
+)
 from m6rec.text.textify import TextStyle, item_text, profile_text
 
 TUNING_METHODS = ("full", "lora", "frozen")
@@ -67,8 +74,10 @@ class LowerLayerCache:
             torch.save(asdict(self), tmp)
 
     @classmethod
-    def load(cls, path: str | Path) -> LowerLayerCache:
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+    def load(cls, path: str | Path, *, mmap: bool = False) -> LowerLayerCache:
+        """``mmap``: the tables stay in the file's pages (serving: every worker process on a machine
+        shares one copy of them instead of reading its own)."""
+        return cls(**torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
 
 
 def build_lower_cache(
@@ -229,9 +238,12 @@ class LMSegmentModel(nn.Module):
         super().__init__()
         hidden = cache.item_states.shape[1]
         self.split = cache.split
-        self.register_buffer("item_states", cache.item_states.float().clone())
-        self.register_buffer("item_sentences", cache.item_sentences.float().clone())
-        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        share_cache_tables(
+            self,
+            item_states=cache.item_states,
+            item_sentences=cache.item_sentences,
+            profile_states=cache.profile_states,
+        )
         self.register_buffer("pop_buckets", pop_buckets.long().clone())
         self.top = TopLayers(encoder_model, cache.split, tuning, lora_rank, pretrained)
         self.type_emb = nn.Embedding(3, hidden)

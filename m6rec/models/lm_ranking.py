@@ -25,8 +25,9 @@ from m6rec.models.ranking import TensorBatches, ctr_tensors, evaluate_ctr
 from m6rec.models.segments import CANDIDATE, N_POP_BUCKETS, popularity_buckets
 from m6rec.training.trainer import TrainConfig, Trainer, TrainResult
 
-# Serving keeps every candidate's first-layer query/key/value projections (3 x hidden floats per item)
-# up to this catalogue size; past it they are computed per request.
+# Serving keeps every item's input segment and its first-layer query/key/value projections as a
+# candidate (4 x hidden floats per item) up to this catalogue size; past it (1.5 GB of inputs alone at
+# 10⁶ items, per worker) both are computed per request, for the request's ~60 items.
 CANDIDATE_PROJECTIONS_MAX_ITEMS = 20_000
 
 
@@ -95,15 +96,15 @@ class LMRanker(LMSegmentModel):
 
     @torch.no_grad()
     def cache_item_vectors(self) -> None:
-        """Serving: precompute every item's input segment and, up to
-        :data:`CANDIDATE_PROJECTIONS_MAX_ITEMS` items, its first layer's query/key/value projections as a
-        candidate after ``config.history`` history positions: a candidate's input depends on the item
-        alone, so a quarter of its per-request arithmetic is the same for every request (dropped by
+        """Serving, up to :data:`CANDIDATE_PROJECTIONS_MAX_ITEMS` items: precompute every item's input
+        segment and its first layer's query/key/value projections as a candidate after
+        ``config.history`` history positions: a candidate's input depends on the item alone, so a
+        quarter of its per-request arithmetic is the same for every request (dropped by
         :meth:`train`)."""
         self.eval()
-        self._item_table = self.item_inputs(torch.arange(self.n_items, device=self.item_states.device))
-        self._candidate_projections = None
+        self._item_table, self._candidate_projections = None, None
         if self.n_items <= CANDIDATE_PROJECTIONS_MAX_ITEMS:
+            self._item_table = self.item_inputs(torch.arange(self.n_items, device=self.item_states.device))
             width = 1 + self.config.history  # the profile and the history positions before the candidate
             attn = self.top.layers[0].attention.self
             inputs = self._item_table + self.type_emb.weight[CANDIDATE] + self.pos_emb.weight[width]

@@ -26,6 +26,8 @@ from m6rec.models.retrieval import fit_next_item
 from m6rec.models.segments import N_POP_BUCKETS, popularity_buckets
 from m6rec.training.trainer import TrainConfig, TrainResult
 
+ITEM_BLOCK = 65_536  # catalogue rows per item-tower pass without gradients (serving, evaluation)
+
 
 @dataclass
 class LMRetrieverConfig:
@@ -99,7 +101,11 @@ class LMRetriever(LMSegmentModel):
 
     def item_vectors(self, normalize: bool = True, items: torch.Tensor | None = None) -> torch.Tensor:
         """[n_items, dim]: the item tower over the whole catalogue (from text; IDs only where trained);
-        with ``items``, over those rows only."""
+        with ``items``, over those rows only. Without gradients the catalogue goes through in blocks
+        of :data:`ITEM_BLOCK` rows: the MLP head's hidden layer over 10⁶ items at once is 4 GB."""
+        if items is None and not torch.is_grad_enabled() and self.n_items > ITEM_BLOCK:
+            blocks = torch.arange(self.n_items, device=self.item_states.device).split(ITEM_BLOCK)
+            return torch.cat([self.item_vectors(normalize, block) for block in blocks])
         rows = slice(None) if items is None else items
         vec = self.item_head(self.dropout(self.item_sentences[rows]))
         if self.id_emb is not None:

@@ -53,8 +53,10 @@ class SegmentCache:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> SegmentCache:
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+    def load(cls, path: str | Path, *, mmap: bool = False) -> SegmentCache:
+        """``mmap``: the tables stay in the file's pages (serving: every worker process on a machine
+        shares one copy of them instead of reading its own)."""
+        return cls(**torch.load(path, map_location="cpu", weights_only=True, mmap=mmap))
 
 
 def build_segment_cache(
@@ -110,18 +112,38 @@ def gaps_before(history_ts: np.ndarray, target_ts: int) -> np.ndarray:
 
 # --- the shared model part -------------------------------------------------------------------------
 
+CACHE_TABLES = ("item_states", "item_sentences", "profile_states")
+
+
+def share_cache_tables(module: nn.Module, **tables: torch.Tensor) -> None:
+    """Give ``module`` the cache's per-item and per-user state tables (:data:`CACHE_TABLES`) as buffers
+    that share the cache's memory and stay out of its state dict. They are data, written once with the
+    cache (the bundle's ``segments.pt`` / ``lm_segments.pt``), not weights: at 10⁶ items each table is
+    1.5 GB, which every model file and every model of a serving worker used to copy. Model files written
+    while the tables were in the state dict still load (those keys are skipped)."""
+    for name, table in tables.items():
+        if name not in CACHE_TABLES:
+            raise ValueError(f"{name!r} is not a cache table ({', '.join(CACHE_TABLES)})")
+        module.register_buffer(name, table.float(), persistent=False)
+    module.register_load_state_dict_pre_hook(_skip_saved_cache_tables)
+
+
+def _skip_saved_cache_tables(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    for name in CACHE_TABLES:
+        state_dict.pop(prefix + name, None)
+
 
 class CachedSegmentModel(nn.Module):
-    """What the retriever and the ranker share: the cached segment states (buffers, saved with the
-    weights) and the embeddings that turn an item or profile state into a model-width segment."""
+    """What the retriever and the ranker share: the cached segment states (the cache's tables, not
+    saved with the weights) and the embeddings that turn an item or profile state into a model-width
+    segment."""
 
     def __init__(
         self, dim: int, cache: SegmentCache, pop_buckets: torch.Tensor, has_id: torch.Tensor
     ) -> None:
         super().__init__()
         n_items, text_dim = cache.item_states.shape
-        self.register_buffer("item_states", cache.item_states.float().clone())
-        self.register_buffer("profile_states", cache.profile_states.float().clone())
+        share_cache_tables(self, item_states=cache.item_states, profile_states=cache.profile_states)
         self.register_buffer("pop_buckets", pop_buckets.long().clone())
         self.register_buffer("has_id", has_id.bool().clone())
         self.item_proj = nn.Linear(text_dim, dim)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from m6rec.data.marts import RecData
@@ -42,6 +43,7 @@ from m6rec.files import staged
 from m6rec.models.backbones import Encoder
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker
 from m6rec.models.lm_layers import LowerLayerCache
+from m6rec.models.retrieval import collate, query_windows
 from m6rec.models.segments import SegmentCache
 from m6rec.serving.item_index import IndexConfig, build_if_large, index_settings
 from m6rec.text.textify import TextStyle
@@ -81,12 +83,15 @@ def save_bundle(
     explainer_check: dict[str, Any] | None = None,
     token_ranker_dir: str | Path | None = None,
     index_config: IndexConfig | None = None,
+    probe_users: np.ndarray | None = None,
 ) -> Path:
     """Write every artefact into a temp folder beside ``path``, then swap it in. ``*_spec`` is the
     model's ``{"kind", "config"}`` (:func:`m6rec.models.registry.describe`) plus its evaluation row
     ``"name"``; ``explainer_check`` the factuality check of the explainer's explanations (what the
     promotion gate and ``/model_info`` read). With a token-level ranker, every item's question segment
-    goes through its lower layers here, once."""
+    goes through its lower layers here, once. A catalogue large enough for an ANN index gets its search
+    effort tuned on user vectors like the served ones: ``probe_users`` (``[n, dim]``) when given, else
+    the retriever's vectors of the validation users in ``data`` (:func:`validation_user_vectors`)."""
     with staged(path) as tmp:
         tmp.mkdir()
         data.items[ITEM_COLUMNS].to_parquet(tmp / "items.parquet", index=False)
@@ -107,7 +112,9 @@ def save_bundle(
             states.save(tmp / "token_ranker" / "candidates.pt")
         index_config = index_config or IndexConfig()
         spaces = [serving_item_vectors(retriever), cache.item_states.float().cpu().numpy()]
-        index = build_if_large(spaces, index_config)
+        if probe_users is None and len(spaces[0]) >= index_config.exact_below and len(data.events):
+            probe_users = validation_user_vectors(retriever, data, index_config.recall_queries)
+        index = build_if_large(spaces, index_config, probe_users)
         if index is not None:
             index.save(tmp / "index")
         manifest = {
@@ -143,6 +150,30 @@ def serving_item_vectors(retriever: nn.Module) -> np.ndarray:
         return retriever.item_vectors().float().cpu().numpy()
     finally:
         retriever.train(was_training)
+
+
+@torch.no_grad()
+def validation_user_vectors(retriever: nn.Module, data: RecData, n: int, seed: int = 0) -> np.ndarray:
+    """The retriever's unit user vectors over the histories before up to ``n`` seeded validation
+    events (each a served request's history: the last ``max_len`` events, the user's profile)."""
+    holdout = data.holdout("valid")
+    if holdout.empty:
+        return np.zeros((0, 0), dtype=np.float32)
+    users = holdout["user_id"].astype(str).unique()
+    picked = np.random.default_rng(seed).choice(users, size=min(n, len(users)), replace=False)
+    windows = query_windows(data, "valid", retriever.config.max_len, users=set(picked))[0][:n]
+    was_training = retriever.training
+    retriever.eval()
+    try:
+        device = next(retriever.parameters()).device
+        raw = retriever.item_vectors(normalize=False)
+        out = []
+        for start in range(0, len(windows), 256):
+            batch = {k: v.to(device) for k, v in collate(windows[start : start + 256]).items()}
+            out.append(F.normalize(retriever.user_vectors(batch, raw), dim=-1).float().cpu().numpy())
+    finally:
+        retriever.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def package_version(package: str) -> str:

@@ -137,7 +137,11 @@ class Trainer:
             gradient_accumulation_steps=config.grad_accum,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             # Some models hold weights a given loss does not touch (e.g. heads used only in serving).
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            # Buffers are constants (cached states, popularity buckets; no batch norm): DDP syncs them
+            # once when it wraps the model, not again before every forward (catalogue-sized tables).
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+            ],
             # The schedule counts optimiser steps (accelerate's default steps it once per process).
             step_scheduler_with_optimizer=False,
         )

@@ -43,9 +43,10 @@ def test_the_index_reaches_its_recall_target_and_survives_save_and_load(tmp_path
     assert found.shape == (100, 10) and recall_at_k(found, exact_top_k(vectors, queries, 10)) >= 0.9
     np.testing.assert_allclose(scores[:, 0], (vectors[found[:, 0]] * queries).sum(1), rtol=1e-5)
     index.save(tmp_path / "index")
-    again = ItemIndex.load(tmp_path / "index")
-    assert again.info == index.info and again.info["kind"] == kind
-    np.testing.assert_array_equal(again.search(queries, 10)[1], found)
+    for mmap in (False, True):
+        again = ItemIndex.load(tmp_path / "index", mmap=mmap)
+        assert again.info == index.info and again.info["kind"] == kind
+        np.testing.assert_array_equal(again.search(queries, 10)[1], found)
 
 
 def test_small_catalogues_are_scanned_exactly() -> None:
@@ -62,6 +63,22 @@ def test_probe_queries_keep_one_part_or_all() -> None:
     assert {tuple(r) for r in norms.round(5)} == {(1.0, 1.0), (1.0, 0.0), (0.0, 1.0)}
 
 
+def test_probe_queries_take_their_first_part_from_user_vectors() -> None:
+    items = np.concatenate([clustered(200), clustered(200, 16, 1)], axis=1)
+    users = clustered(7, seed=2)
+    queries = probe_queries(items, 30, 0, [32, 16], users)
+    history = np.linalg.norm(queries[:, :32], axis=1) > 0
+    rows = np.flatnonzero(history)
+    np.testing.assert_allclose(queries[rows, :32], users[rows % 7], rtol=1e-5)
+    with pytest.raises(ValueError, match="first part is 32"):
+        probe_queries(items, 30, 0, [32, 16], users[:, :16])
+    index = ItemIndex.build(items, IndexConfig(recall_queries=50), [32, 16], users)
+    assert index.info["probe_users"] == 7
+    by_parts = index.info["recall_at_10_by_query_parts"]  # each kind of request on its own
+    assert set(by_parts) == {"parts 0", "parts 1", "parts 0+1"}
+    assert index.info["recall_at_10"] == min(by_parts.values()) >= 0.97
+
+
 @pytest.fixture(scope="module")
 def ann_bundle(tmp_path_factory: pytest.TempPathFactory):
     """The tiny bundle with an ANN index although it has only 40 items."""
@@ -73,6 +90,7 @@ def test_the_bundle_ships_its_index_and_its_recall(ann_bundle, tmp_path) -> None
     ann = json.loads((ann_bundle / "manifest.json").read_text())["item_index"]["ann"]
     assert (ann_bundle / "index" / "index.faiss").is_file()
     assert ann["n_items"] == 40 and ann["recall_at_10"] >= 0.97 and len(ann["parts"]) == 2
+    assert ann["probe_users"] > 0  # tuned on the validation users' vectors, as served
     plain = build_tiny_bundle(tmp_path / "plain")
     manifest = json.loads((plain / "manifest.json").read_text())
     assert not (plain / "index").exists() and manifest["item_index"]["ann"] is None

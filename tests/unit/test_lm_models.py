@@ -227,3 +227,28 @@ def test_ranker_learns(setup, tmp_path) -> None:
     model, result = train_lm_ranker(data, cache, encoder.model, examples, config, train, batch_size=32)
     assert result.best_metric > 0.6  # labels follow item % 5, visible in each item's text and stats
     assert model.parameter_counts()["lm_trainable_parameters"] > 0
+
+
+def test_cache_tables_are_shared_not_saved_and_old_model_files_still_load(setup, tmp_path) -> None:
+    encoder, data, cache = setup
+    model = new_lm_retriever(LMRetrieverConfig(use_ids=True), data, cache, encoder.model)
+    assert model.item_states.data_ptr() == cache.item_states.data_ptr()  # the cache's memory, no copy
+    state = model.state_dict()
+    assert not {"item_states", "item_sentences", "profile_states"} & set(state)
+    assert {"id_emb.weight", "pop_buckets", "has_id"} <= set(state)
+    legacy = {**state, "item_states": cache.item_states.clone(), "profile_states": cache.profile_states}
+    again = new_lm_retriever(LMRetrieverConfig(use_ids=True), data, cache, encoder.model)
+    again.load_state_dict(legacy)  # a model file written while the tables were saved with the weights
+    torch.testing.assert_close(again.state_dict(), state)
+    cache.save(tmp_path / "lm.pt")
+    mapped = LowerLayerCache.load(tmp_path / "lm.pt", mmap=True)
+    torch.testing.assert_close(mapped.item_states, cache.item_states)
+
+
+def test_item_vectors_in_blocks_equal_one_pass(setup, monkeypatch) -> None:
+    encoder, data, cache = setup
+    model = new_lm_retriever(LMRetrieverConfig(use_ids=True), data, cache, encoder.model).eval()
+    with torch.no_grad():
+        whole = model.item_vectors(normalize=False)
+        monkeypatch.setattr("m6rec.models.lm_retrieval.ITEM_BLOCK", 7)  # 40 items: 6 blocks
+        torch.testing.assert_close(model.item_vectors(normalize=False), whole)
