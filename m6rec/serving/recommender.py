@@ -144,9 +144,8 @@ class Recommender:
     @torch.no_grad()
     def _touch_mapped_tables(self) -> None:
         """Read a value of every memory page of the catalogue-sized tables requests gather rows from
-        (and the ANN index), so the service is ready only once they are in memory: at 10⁶ items the
-        first 200 requests after start-up, faulting pages in, had a recommend p99 of 317 ms against
-        62 ms for the next 200 (``bench/serving_scale.py``, ad hoc)."""
+        (and the ANN index), so the service is ready only once they are in memory rather than its
+        first requests faulting them in (``bench/serving_scale.py``'s ``cold_p99_ms``)."""
         n = len(self.items)
         tables = [self.segment_cache.item_states]
         for model in (self.retriever, self.ranker):

@@ -287,7 +287,7 @@ class M6Rec:
         )
         # The loaded catalogue is Python objects by the million (item texts, id and title maps) that
         # live as long as the worker: moved out of the garbage collector's reach, or each of its full
-        # passes over them stalls every request in flight (340 ms at 10⁵ items, more with more items).
+        # passes over them stalls every request in flight (longer the larger the catalogue).
         gc.collect()
         gc.freeze()
         logger.info(
