@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.masking_utils import create_bidirectional_mask
 
 from m6rec.data.marts import RecData, events_of
 from m6rec.evaluation.metrics import ctr_metrics
@@ -61,13 +62,9 @@ class LateInteractionScorer(nn.Module):
     ) -> torch.Tensor:
         if not layers:
             return hidden
-        mask, _ = self.bert._create_attention_masks(
-            attention_mask=mask2d,
-            encoder_attention_mask=None,
-            embedding_output=hidden,
-            encoder_hidden_states=None,
-            cache=None,
-        )
+        # transformers' public mask builder, as BertModel's forward calls it for an encoder (its own
+        # private wrapper changed signature in 5.25)
+        mask = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask2d)
         for layer in layers:
             out = layer(hidden, mask)
             hidden = out[0] if isinstance(out, tuple) else out
