@@ -64,14 +64,13 @@ def widened_items(items, n_items: int):
 
 def noisy_rows(table, source, noise: float, seed: int):
     """``table[source]`` with seeded Gaussian noise at ``noise`` of each row's norm, the norm kept;
-    rows that map to themselves (the original items) are exact copies."""
+    the first ``len(table)`` rows (the original items) are exact copies."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     src = torch.as_tensor(source)
     out = table[src].clone()
-    moved = src != torch.arange(len(src)) % len(table)
-    moved |= torch.arange(len(src)) >= len(table)
+    moved = torch.arange(len(src)) >= len(table)  # rows past the original catalogue are the variants
     for lo in range(0, len(out), 100_000):  # chunks: the noise never costs a second copy of 10⁶ rows
         rows = slice(lo, lo + 100_000)
         block = out[rows]
