@@ -51,3 +51,24 @@ def open_champion(args):
     rng = np.random.default_rng(args.seed)
     users = sorted(rng.choice(test["user_id"].unique(), size=args.users, replace=False))
     return engine, data, events, test, users
+
+
+def served_recall_at_10(rec, queries, chunk: int | None = None) -> float:
+    """Mean share of each query's served top 10 (the recommender's ANN candidates, scored exactly)
+    that the exact scan over every item also returns; ``chunk`` queries at a time (the exact scan
+    holds ``[chunk, n_items]`` scores; default: all at once). The recommender keeps its index."""
+    import numpy as np
+
+    index, step = rec.ann, chunk or max(len(queries), 1)
+    served, exact = [], []
+    try:
+        for start in range(0, len(queries), step):
+            part = queries[start : start + step]
+            rec.ann = index
+            served += rec.recommend_batch(part)
+            rec.ann = None
+            exact += rec.recommend_batch(part)
+    finally:
+        rec.ann = index
+    hits = [len({s.item_id for s in a} & {s.item_id for s in b}) for a, b in zip(served, exact, strict=True)]
+    return float(np.mean(hits) / 10)

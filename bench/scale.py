@@ -114,6 +114,7 @@ def measure_serving(home: Path, users: int = 300, requests: int = 200) -> dict:
     """Recall@10 of the served retrieval against the exact scan, and recommend p99 at concurrency 8."""
     import numpy as np
     import pandas as pd
+    from bench_common import served_recall_at_10
     from serving_load import payloads, run, serve_bento
 
     from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery
@@ -130,18 +131,8 @@ def measure_serving(home: Path, users: int = 300, requests: int = 200) -> dict:
         rows = events[events["user_id"] == user].tail(20)
         history = [HistoryEvent(str(r.item_id), float(r.rating), int(r.ts)) for r in rows.itertuples()]
         queries.append(RecommendQuery(history, k=10, rerank=0))
-    served = rec.recommend_batch(queries)
     index = rec.ann
-    rec.ann = None
-    exact = rec.recommend_batch(queries)
-    recall = float(
-        np.mean(
-            [
-                len({s.item_id for s in a} & {s.item_id for s in b}) / 10
-                for a, b in zip(served, exact, strict=True)
-            ]
-        )
-    )
+    recall = served_recall_at_10(rec, queries)
     items = rec.items["item_id"].astype(str).tolist()
     with serve_bento(home / "bentoml") as base:
         run(f"{base}/recommend", payloads(items, "recommend", 10, seed=1), 1)  # warm-up

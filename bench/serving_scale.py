@@ -87,12 +87,11 @@ def request_user_vectors(retriever, item_ids: list[str], n: int, seed: int):
     (the index's effort is tuned on them, as the pipeline tunes it on its validation users'; the
     recall below is measured on other requests)."""
     import numpy as np
-    import torch
-    import torch.nn.functional as F
     from serving_load import payloads
 
-    from m6rec.models.retrieval import Window, collate
+    from m6rec.models.retrieval import Window
     from m6rec.models.segments import rating_ids
+    from m6rec.serving.bundle import unit_user_vectors
 
     index = {item: i for i, item in enumerate(item_ids)}
     windows = []
@@ -101,13 +100,7 @@ def request_user_vectors(retriever, item_ids: list[str], n: int, seed: int):
         items = np.asarray([index[e["item_id"]] for e in history], dtype=np.int64)
         ratings = rating_ids(np.asarray([e["rating"] for e in history], dtype=float))
         windows.append(Window(0, items, ratings, np.zeros(len(items), dtype=np.int64)))
-    with torch.no_grad():
-        raw = retriever.item_vectors(normalize=False)
-        out = [
-            F.normalize(retriever.user_vectors(collate(windows[lo : lo + 256]), raw), dim=-1)
-            for lo in range(0, len(windows), 256)
-        ]
-    return torch.cat(out).numpy()
+    return unit_user_vectors(retriever, windows)
 
 
 def widen_bundle(source: Path, n_items: int, out: Path, noise: float, seed: int = 0) -> dict:
@@ -129,7 +122,8 @@ def widen_bundle(source: Path, n_items: int, out: Path, noise: float, seed: int 
     manifest = json.loads((source / "manifest.json").read_text())
     if manifest.get("token_ranker"):
         raise SystemExit(f"{source}: a token-level ranker bundle (full profile); widen a default one")
-    items, rows = widened_items(pd.read_parquet(source / "items.parquet"), n_items)
+    trained_items = pd.read_parquet(source / "items.parquet")
+    items, rows = widened_items(trained_items, n_items)
     segments = SegmentCache.load(source / "segments.pt")
     wide_segments = dataclasses.replace(
         segments, item_states=noisy_rows(segments.item_states, rows, noise, seed)
@@ -146,22 +140,16 @@ def widen_bundle(source: Path, n_items: int, out: Path, noise: float, seed: int 
     encoder = dataclasses.replace(encoder, name=manifest["encoder"])
     contract = DataContract.from_manifest(manifest, str(source / "manifest.json"))
     data = RecData(items=items, users=pd.DataFrame({"user_id": []}), events=pd.DataFrame(), contract=contract)
-    small = RecData(
-        items=pd.read_parquet(source / "items.parquet"),
-        users=pd.DataFrame({"user_id": []}),
-        events=pd.DataFrame(),
-        contract=contract,
-    )
     models = {}
     for task in ("retriever", "ranker"):
-        trained = build_model(manifest[task], small, segments, lm_cache, encoder.model)
-        trained.load_state_dict(torch.load(source / f"{task}.pt", map_location="cpu", weights_only=True))
+        trained = torch.load(source / f"{task}.pt", map_location="cpu", weights_only=True)
         model = build_model(manifest[task], data, wide_segments, wide_lm, encoder.model)
-        wide_state = model.state_dict()
-        for key, value in trained.state_dict().items():
-            if wide_state[key].shape == value.shape:
+        wide_state = model.state_dict()  # every weight the file must hold (older files hold more)
+        for key, wide in wide_state.items():
+            value = trained[key]
+            if wide.shape == value.shape:
                 wide_state[key] = value
-            elif value.shape[0] == len(small.items) and wide_state[key].shape[0] == n_items:
+            elif value.shape[0] == len(trained_items) and wide.shape[0] == n_items:
                 # per-item rows (ID embeddings, popularity buckets, ...): the original item's
                 wide_state[key] = value[torch.as_tensor(rows)]
             else:
@@ -194,7 +182,7 @@ def widen_bundle(source: Path, n_items: int, out: Path, noise: float, seed: int 
 def served_recall(bundle: Path, queries: int, seed: int) -> float | None:
     """Recall@10 of the served retrieval (ANN candidates, scored exactly) against the exact scan over
     every item, on seeded ``bench/serving_load.py`` requests (retrieval only); None without an index."""
-    import numpy as np
+    from bench_common import served_recall_at_10
     from serving_load import payloads
 
     from m6rec.serving.recommender import HistoryEvent, Recommender, RecommendQuery
@@ -207,17 +195,7 @@ def served_recall(bundle: Path, queries: int, seed: int) -> float | None:
         RecommendQuery([HistoryEvent(**e) for e in body["history"]], k=10, rerank=0)
         for body in payloads(items, "recommend", queries, seed=seed, rerank=0)
     ]
-    served, exact = [], []
-    for lo in range(0, len(asked), 25):  # exact scores are [batch, n_items]
-        chunk = asked[lo : lo + 25]
-        served += rec.recommend_batch(chunk)
-        index, rec.ann = rec.ann, None
-        exact += rec.recommend_batch(chunk)
-        rec.ann = index
-    hits = [
-        len({s.item_id for s in a} & {s.item_id for s in b}) / 10 for a, b in zip(served, exact, strict=True)
-    ]
-    return round(float(np.mean(hits)), 4)
+    return round(served_recall_at_10(rec, asked, chunk=25), 4)
 
 
 def service_memory_gb() -> float:

@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from m6rec.files import staged
 from m6rec.models.backbones import Encoder
 from m6rec.models.late_interaction import CandidateStates, load_token_ranker
 from m6rec.models.lm_layers import LowerLayerCache
-from m6rec.models.retrieval import collate, query_windows
+from m6rec.models.retrieval import Window, collate, query_windows
 from m6rec.models.segments import SegmentCache
 from m6rec.serving.item_index import IndexConfig, build_if_large, index_settings
 from m6rec.text.textify import TextStyle
@@ -152,7 +153,6 @@ def serving_item_vectors(retriever: nn.Module) -> np.ndarray:
         retriever.train(was_training)
 
 
-@torch.no_grad()
 def validation_user_vectors(retriever: nn.Module, data: RecData, n: int, seed: int = 0) -> np.ndarray:
     """The retriever's unit user vectors over the histories before up to ``n`` seeded validation
     events (each a served request's history: the last ``max_len`` events, the user's profile)."""
@@ -162,18 +162,27 @@ def validation_user_vectors(retriever: nn.Module, data: RecData, n: int, seed: i
     users = holdout["user_id"].astype(str).unique()
     picked = np.random.default_rng(seed).choice(users, size=min(n, len(users)), replace=False)
     windows = query_windows(data, "valid", retriever.config.max_len, users=set(picked))[0][:n]
+    return unit_user_vectors(retriever, windows)
+
+
+@torch.no_grad()
+def unit_user_vectors(retriever: nn.Module, windows: Sequence[Window], batch_size: int = 256) -> np.ndarray:
+    """``[len(windows), dim]``: the retriever's unit user vector after each window (in eval mode; the
+    item tower runs once for all of them)."""
+    if not windows:
+        return np.zeros((0, 0), dtype=np.float32)
     was_training = retriever.training
     retriever.eval()
     try:
         device = next(retriever.parameters()).device
         raw = retriever.item_vectors(normalize=False)
         out = []
-        for start in range(0, len(windows), 256):
-            batch = {k: v.to(device) for k, v in collate(windows[start : start + 256]).items()}
+        for start in range(0, len(windows), batch_size):
+            batch = {k: v.to(device) for k, v in collate(windows[start : start + batch_size]).items()}
             out.append(F.normalize(retriever.user_vectors(batch, raw), dim=-1).float().cpu().numpy())
     finally:
         retriever.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out)
 
 
 def package_version(package: str) -> str:
