@@ -13,7 +13,7 @@ It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `ma
 service runs with its own defaults, exactly as `make serve` does (one worker per core, at most 4).
 
 Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads N] [--workers N]
-                                   [--autocast off|bf16]
+                                   [--precision auto|fp32|bf16]
 Writes bench/results/serving_load.json (or --out).
 """
 
@@ -94,7 +94,7 @@ def run(url: str, bodies: list, concurrency: int) -> dict:
 
 @contextlib.contextmanager
 def serve_bento(
-    home: Path, *, threads: int | None = None, workers: int | None = None, autocast: str = "off"
+    home: Path, *, threads: int | None = None, workers: int | None = None, precision: str = "auto"
 ) -> Iterator[str]:
     """``bentoml serve m6rec:latest`` from the store at ``home`` on a free localhost port, with the
     service's own defaults unless ``threads`` / ``workers`` are given; yields its base URL once
@@ -103,7 +103,7 @@ def serve_bento(
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("M6REC_TORCH_THREADS", "M6REC_WORKERS")},
         "BENTOML_HOME": str(home),
-        "M6REC_AUTOCAST": autocast,
+        "M6REC_PRECISION": precision,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     if threads is not None:
@@ -148,7 +148,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="service worker processes (default: the service's)"
     )
-    parser.add_argument("--autocast", default="off", choices=["off", "bf16"], help="M6REC_AUTOCAST")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="M6REC_PRECISION (service default: auto)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving_load.json"))
     args = parser.parse_args()
     home = Path(os.environ.get("BENTOML_HOME", REPO / "data" / "bentoml"))
@@ -158,10 +163,13 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count()},
         "service_torch_threads": args.threads if args.threads is not None else "service default",
         "service_workers": args.workers if args.workers is not None else "service default",
-        "service_autocast": args.autocast,
+        "service_precision_setting": args.precision,
         "runs": [],
     }
-    with serve_bento(home, threads=args.threads, workers=args.workers, autocast=args.autocast) as base:
+    with serve_bento(home, threads=args.threads, workers=args.workers, precision=args.precision) as base:
+        # what the service really runs in (the bundle's bfloat16 check and this CPU decide ``auto``)
+        report["served_precision"] = httpx.post(f"{base}/model_info", json={}, timeout=30).json()["precision"]
+        print("served precision", report["served_precision"], flush=True)
         variants = [
             ("recommend", 50, "off"),
             ("recommend_batch", 50, "on"),

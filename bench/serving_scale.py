@@ -214,6 +214,7 @@ def service_memory_gb() -> float:
 
 def measure(n_items: int, args: argparse.Namespace) -> dict:
     """Widen, package and serve one catalogue size; the row for serving_scale.json."""
+    import httpx
     import numpy as np
     import pandas as pd
     from serving_load import payloads, run, serve_bento
@@ -240,6 +241,7 @@ def measure(n_items: int, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     with serve_bento(home) as base:
         ready = time.perf_counter() - start
+        served_precision = httpx.post(f"{base}/model_info", json={}, timeout=60).json()["precision"]
         memory = [service_memory_gb()]
         cold = run(f"{base}/recommend", payloads(items, "recommend", args.requests, seed=1), 8)
         memory.append(service_memory_gb())
@@ -261,6 +263,8 @@ def measure(n_items: int, args: argparse.Namespace) -> dict:
         "bento_seconds": round(bento_seconds, 1),
         "ready_seconds": round(ready, 1),
         "service_memory_gb": max(memory),
+        # the scorer's arithmetic; ``auto`` reads the source bundle's bfloat16 check (same scorer weights)
+        "served_precision": served_precision,
         "ann": {
             "retrieval": "exact scan" if ann is None else f"ANN ({ann['kind']})",
             "recall_at_10": recall if recall is not None else 1.0,

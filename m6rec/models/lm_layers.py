@@ -153,11 +153,21 @@ class TopLayers(nn.Module):
         out = layer(hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The layers' arithmetic: float32 always in training; bfloat16 when a served scorer was put in
+        it (:meth:`m6rec.models.lm_ranking.LMRanker.set_scoring_dtype`)."""
+        return next(self.layers.parameters()).dtype
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``mask``: additive attention mask ``[B, 1, T or 1, T]`` (0 = attend), or None."""
+        """``mask``: additive attention mask ``[B, 1, T or 1, T]`` (0 = attend), or None. Runs in the
+        layers' dtype; the output has the input's."""
+        dtype, given = self.dtype, hidden.dtype
+        hidden = hidden.to(dtype)
+        mask = mask.to(dtype) if mask is not None else None
         for layer in self.layers:
             hidden = self.run_layer(layer, hidden, mask)
-        return hidden
+        return hidden.to(given)
 
     def pretrained_parameters(self) -> int:
         """Weights of the pretrained language model (or adapters on it) that receive gradients; 0 for

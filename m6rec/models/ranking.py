@@ -32,6 +32,7 @@ from m6rec.models.segments import (
     CachedSegmentModel,
     SegmentCache,
     gaps_before,
+    last_position_state,
     popularity_buckets,
     rating_ids,
     segment_transformer,
@@ -124,8 +125,17 @@ class SegmentRanker(CachedSegmentModel):
             ],
             1,
         )
-        out = self.norm(self.encoder(tokens, src_key_padding_mask=padding))
-        return self.head(out[:, -1]).squeeze(-1)
+        if self.training:
+            state = self.encoder(tokens, src_key_padding_mask=padding)[:, -1]
+        else:  # only the candidate's state is read: the last layer runs for it alone
+            state = last_position_state(self.encoder, tokens, padding)
+        return self.head(self.norm(state)).squeeze(-1)
+
+    @torch.no_grad()
+    def set_scoring_dtype(self, dtype: torch.dtype) -> None:
+        """Serving: the transformer's weights in ``dtype`` (inputs cast to it, the candidate's state back
+        to float32 for the norm and head); see :meth:`m6rec.models.lm_ranking.LMRanker.set_scoring_dtype`."""
+        self.encoder.to(dtype)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self(batch), batch["labels"].float())

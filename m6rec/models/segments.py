@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from m6rec.data.marts import RecData
@@ -160,3 +161,32 @@ def segment_transformer(dim: int, heads: int, layers: int, dropout: float) -> nn
         dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu"
     )
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def last_position_state(
+    encoder: nn.TransformerEncoder, tokens: torch.Tensor, padding: torch.Tensor
+) -> torch.Tensor:
+    """``encoder(tokens, src_key_padding_mask=padding)[:, -1]`` (eval mode, a :func:`segment_transformer`)
+    with its last layer computed for the last position alone: that layer's keys and values still come
+    from every position, but its query, attention output and feed-forward maps run once per row instead
+    of once per position — what a ranker that reads only the candidate's state needs. Runs in the
+    layers' dtype; the output has the input's."""
+    *lower, last = encoder.layers
+    dtype, given = last.linear1.weight.dtype, tokens.dtype
+    hidden = tokens.to(dtype)
+    for layer in lower:
+        hidden = layer(hidden, src_key_padding_mask=padding)
+    attn = last.self_attn
+    rows, width, dim = hidden.shape
+    heads = attn.num_heads
+    normed = last.norm1(hidden)  # norm_first
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    query = F.linear(normed[:, -1], weight[:dim], bias[:dim]).view(rows, heads, 1, dim // heads)
+    keys, values = (
+        part.view(rows, width, heads, dim // heads).transpose(1, 2)
+        for part in F.linear(normed, weight[dim:], bias[dim:]).split(dim, dim=-1)
+    )
+    mixed = F.scaled_dot_product_attention(query, keys, values, attn_mask=~padding[:, None, None, :])
+    state = hidden[:, -1] + attn.out_proj(mixed.reshape(rows, dim))
+    state = state + last.linear2(last.activation(last.linear1(last.norm2(state))))
+    return state.to(given)

@@ -1,7 +1,6 @@
 """The engine behind the service: requests in, responses out, over one loaded bundle (no BentoML
 involved, so it is unit-tested and reused without a server)."""
 
-import contextlib
 import logging
 import os
 import platform
@@ -50,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 20
 CHAT_RERANK = 20  # retrieved items the ranker re-scores for a dialogue that names (or has) a history
-AUTOCAST_MODES = ("off", "bf16")
 DEFAULT_LM_EXPLAIN_TOP = 5  # /recommend: the language model explains this many top items at most
 
 
@@ -88,7 +86,9 @@ class Engine:
         lm_explain_top: int | None = None,
     ) -> None:
         self.path = Path(bundle_dir)
-        self.rec = Recommender(self.path, device=device)
+        # M6REC_PRECISION: the CTR scorer's arithmetic (auto / fp32 / bf16; m6rec.serving.precision)
+        precision = os.environ.get("M6REC_PRECISION", "").strip().lower() or "auto"
+        self.rec = Recommender(self.path, device=device, precision=precision)
         self.device = self.rec.device
         self.model_tag = model_tag
         self.model_labels = dict(model_labels or {})
@@ -104,21 +104,11 @@ class Engine:
         self.lm_max_events = int(check.get("max_events", 10))
         self.lm_grounded = check.get("decoding") == "grounded"
         self._lm_lock = threading.Lock()
-        self.autocast = os.environ.get("M6REC_AUTOCAST", "off").strip().lower() or "off"
-        if self.autocast not in AUTOCAST_MODES:
-            raise ValueError(f"M6REC_AUTOCAST={self.autocast!r}: use one of {', '.join(AUTOCAST_MODES)}")
         self.lm, self._explain_fn, self.explainer_status = self._load_explainer()
         self._years = np.array(
             [np.nan if t.release_year is None else float(t.release_year) for t in self.rec.texts]
         )
         self._titles = TitleIndex.build(self.rec.titles, [t.release_year for t in self.rec.texts])
-
-    def _precision(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for the retrieval and ranking passes when M6REC_AUTOCAST=bf16 (CPUs with
-        AMX/AVX512-BF16 and GPUs run these matmuls faster; scores move by ~1e-3), else full precision."""
-        if self.autocast == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # --- loading --------------------------------------------------------------------------------
     def _load_explainer(self) -> tuple[Any, Any, str]:
@@ -263,8 +253,7 @@ class Engine:
 
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
         query = self._query(req)
-        with self._precision():
-            [top] = self.rec.recommend_batch([query])
+        [top] = self.rec.recommend_batch([query])
         return self._response(req, query, top)
 
     def recommend_many(self, reqs: Sequence[RecommendRequest]) -> list[BatchItem]:
@@ -277,8 +266,7 @@ class Engine:
                 good.append((i, self._query(req)))
             except ValidationError as exc:
                 out[i] = BatchItem.from_error(exc)
-        with self._precision():
-            tops = self.rec.recommend_batch([q for _, q in good])
+        tops = self.rec.recommend_batch([q for _, q in good])
         for (i, query), top in zip(good, tops, strict=True):
             out[i] = BatchItem(status=200, result=self._response(reqs[i], query, top))
         return out
@@ -295,8 +283,7 @@ class Engine:
         if now is None:
             now = max((e.ts for e in history if e.ts is not None), default=None)
         profile = req.profile.to_profile() if req.profile else None
-        with self._precision():
-            scores = self.rec.rank(history, list(req.candidates), profile, now_ts=now)
+        scores = self.rec.rank(history, list(req.candidates), profile, now_ts=now)
         scores = np.asarray(scores, dtype=float)
         items = [
             ScoredItem(item_id=c, title=self._item(self.rec.index[c])[1], score=float(s))
@@ -363,18 +350,17 @@ class Engine:
         profile = req.profile.to_profile() if req.profile else None
         query = RecommendQuery(history, req.k, profile, said.text, rerank=0, exclude_seen=False)
         pool = max(req.k, CHAT_RERANK)
-        with self._precision():
-            [(idx, scores)] = self.rec.candidates([query], [pool + len(blocked)])
-            keep = ~np.isin(idx, list(blocked))
-            ref = self._years[said.last_offered[0]] if said.constraint and said.last_offered else np.nan
-            if np.isfinite(ref):  # older / newer than the first item the last system turn offered
-                keep &= self._years[idx] < ref if said.constraint == "older" else self._years[idx] > ref
-            idx, scores = idx[keep], scores[keep]
-            order = np.argsort(-scores, kind="stable")[:pool]
-            idx, scores = idx[order], scores[order]
-            if history and len(idx):
-                now = max((e.ts for e in history if e.ts is not None), default=None)
-                [scores] = self.rec.rank_batch([RankJob(history, ids[idx].tolist(), profile, now)])
+        [(idx, scores)] = self.rec.candidates([query], [pool + len(blocked)])
+        keep = ~np.isin(idx, list(blocked))
+        ref = self._years[said.last_offered[0]] if said.constraint and said.last_offered else np.nan
+        if np.isfinite(ref):  # older / newer than the first item the last system turn offered
+            keep &= self._years[idx] < ref if said.constraint == "older" else self._years[idx] > ref
+        idx, scores = idx[keep], scores[keep]
+        order = np.argsort(-scores, kind="stable")[:pool]
+        idx, scores = idx[order], scores[order]
+        if history and len(idx):
+            now = max((e.ts for e in history if e.ts is not None), default=None)
+            [scores] = self.rec.rank_batch([RankJob(history, ids[idx].tolist(), profile, now)])
         top = np.argsort(-np.asarray(scores), kind="stable")[: req.k]
         items = [
             ScoredItem(item_id=str(ids[idx[i]]), title=str(self.rec.titles[idx[i]]), score=float(scores[i]))
@@ -425,6 +411,7 @@ class Engine:
             metrics=manifest.get("metrics") or {},
             n_items=self.n_items,
             device=str(self.device),
+            precision=self.rec.precision,
             explainer={
                 "status": self.explainer_status,
                 "in_bundle": bool(manifest.get("explainer")),

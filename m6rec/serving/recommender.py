@@ -22,6 +22,7 @@ from m6rec.models.retrieval import Window, collate
 from m6rec.models.segments import SegmentCache, gap_buckets, gaps_before, rating_ids
 from m6rec.serving.bundle import BUNDLE_FORMAT
 from m6rec.serving.item_index import ItemIndex
+from m6rec.serving.precision import pick_scoring_dtype
 from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments, profile_text, pronoun
 
 PROFILE_CACHE_SIZE = 4096
@@ -75,7 +76,11 @@ class UnknownItemError(KeyError):
 class Recommender:
     """Loads a bundle once; every method is safe to call from many requests (no shared mutable state)."""
 
-    def __init__(self, path: str | Path, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str | torch.device | None = None, precision: str = "auto"
+    ) -> None:
+        """``precision``: the CTR scorer's arithmetic (:func:`m6rec.serving.precision.pick_scoring_dtype`;
+        ``auto`` serves bfloat16 where the bundle's check and the hardware allow)."""
         self.path = Path(path)
         self.device = torch.device(device) if device else pick_device()
         self.manifest = json.loads((self.path / "manifest.json").read_text())
@@ -116,6 +121,14 @@ class Recommender:
         if (self.path / "token_ranker").is_dir():
             self.token_ranker, self.token_config = load_token_ranker(self.path / "token_ranker", self.device)
             self.candidate_states = CandidateStates.load(self.path / "token_ranker" / "candidates.pt")
+        self.scoring_dtype, self.precision_reason = pick_scoring_dtype(
+            precision,
+            self.ranker if self.token_ranker is None else self.token_ranker,
+            self.manifest["ranker"].get("precision"),
+            self.device,
+        )
+        if self.scoring_dtype != torch.float32:
+            self.ranker.set_scoring_dtype(self.scoring_dtype)
 
     def _load_model(self, task: str, data: RecData, lm_cache: LowerLayerCache | None) -> torch.nn.Module:
         spec = self.manifest[task]
@@ -140,6 +153,12 @@ class Recommender:
             "retrieval": self.manifest["retriever"].get("name", self.manifest["retriever"]["kind"]),
             "ctr": ctr,
         }
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """The arithmetic each task is served in, and why the CTR scorer's is what it is."""
+        ctr = "bf16" if self.scoring_dtype == torch.bfloat16 else "fp32"
+        return {"retrieval": "fp32", "ctr": ctr, "ctr_reason": self.precision_reason}
 
     @torch.no_grad()
     def _touch_mapped_tables(self) -> None:

@@ -421,6 +421,11 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     n_items: int
     device: str
+    precision: dict[str, str] = Field(
+        description="Per task (retrieval, ctr), the arithmetic it is served in (fp32 or bf16), and "
+        "ctr_reason: why the CTR scorer's is what it is (M6REC_PRECISION, the bundle's bfloat16 check, "
+        "the hardware)"
+    )
     explainer: dict[str, Any]
     limits: dict[str, int]
     versions: dict[str, str]

@@ -12,9 +12,11 @@ from m6rec.evaluation import offline
 from m6rec.evaluation.zero_shot import zero_shot_markdown, zero_shot_report
 from m6rec.models.backbones import load_causal_lm, pick_device
 from m6rec.models.late_interaction import load_token_ranker
+from m6rec.models.ranking import ctr_tensors
 from m6rec.models.registry import parameter_counts
 from m6rec.serving.bundle import save_bundle
 from m6rec.serving.item_index import IndexConfig
+from m6rec.serving.precision import bf16_check, supports_scoring_dtype
 from orchestration.defs.resources import ArtifactStore, ModelSettings, WarehouseResource
 from orchestration.stages import (
     CANDIDATE,
@@ -180,6 +182,13 @@ def item_index(
         ranker_row = serving["ctr"]
     chosen = {"retriever": models[serving["retrieval"]], "ranker": models[ranker_row]}
     uses_lm = any(spec["kind"].startswith("lm_") for _, _, spec in chosen.values())
+    ranker_spec = {**chosen["ranker"][2], "name": ranker_row}
+    if supports_scoring_dtype(chosen["ranker"][1]) and not token_serves:
+        # may the service score in bfloat16? Measured here, on the valid split, for the manifest
+        valid = warehouse.read("select * from marts.ctr_examples where split = 'valid'")
+        valid_tensors = ctr_tensors(valid, data)
+        ranker_spec["precision"] = bf16_check(chosen["ranker"][1], valid_tensors, model_settings.seed)
+        context.log.info(f"bfloat16 check of the served scorer: {ranker_spec['precision']}")
     path = save_bundle(
         artifacts.path(CANDIDATE),
         data=data,
@@ -189,7 +198,7 @@ def item_index(
         retriever=chosen["retriever"][1],
         retriever_spec={**chosen["retriever"][2], "name": serving["retrieval"]},
         ranker=chosen["ranker"][1],
-        ranker_spec={**chosen["ranker"][2], "name": ranker_row},
+        ranker_spec=ranker_spec,
         style=TEXT_STYLE,
         segment_style=SEGMENT_STYLE,
         metrics=evaluation,
@@ -219,5 +228,10 @@ def item_index(
             "bundle_mb": round(size / 2**20, 1),
             "serving_retrieval": serving["retrieval"],
             "serving_ctr": serving["ctr"],
+            **(
+                {f"bf16_check_{k}": v for k, v in ranker_spec["precision"].items() if k != "dtype"}
+                if "precision" in ranker_spec
+                else {}
+            ),
         }
     )

@@ -149,3 +149,27 @@ def test_cached_item_vectors_score_the_same_and_training_drops_them() -> None:
         torch.testing.assert_close(model(batch), fresh)
     model.train()  # weights are about to change: the table must not outlive them
     assert model._item_table is None
+
+
+def test_eval_scores_run_the_last_layer_for_the_candidate_alone_with_the_same_result() -> None:
+    data = synthetic_rec_data()
+    cache = build_segment_cache(tiny_encoder(seed=0), data)
+    batch = ctr_tensors(ctr_frame(data), data)
+    assert (batch["hist_items"] < 0).any() and (batch["hist_items"] >= 0).any()  # padded rows too
+    torch.manual_seed(0)
+    model = new_ranker(RankerConfig(dim=32, heads=2, layers=2), data, cache)
+    with torch.no_grad():
+        model.eval()
+        fast = model(batch)
+        model.encoder.layers[-1].linear2.weight[0].add_(0.5)  # the candidate-only path reads this layer
+        moved = model(batch)
+        model.encoder.layers[-1].linear2.weight[0].sub_(0.5)
+        model.train()
+        for module in model.modules():  # training mode without dropout: the whole encoder, every position
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(module, torch.nn.MultiheadAttention):
+                module.dropout = 0.0
+        whole = model(batch)
+    torch.testing.assert_close(fast, whole, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(moved, whole, atol=1e-3)

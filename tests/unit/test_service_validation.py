@@ -283,19 +283,26 @@ def test_a_batch_answers_each_request_as_if_alone(engine: Engine) -> None:
     assert engine.recommend_many([]) == []
 
 
-def test_bf16_autocast_is_opt_in_and_close_to_full_precision(
+def test_bf16_scoring_is_what_m6rec_precision_says_and_close_to_full_precision(
     bundle: Path, engine: Engine, monkeypatch
 ) -> None:
-    monkeypatch.setenv("M6REC_AUTOCAST", "bf16")
+    # the tiny bundle was written without a bfloat16 check: ``auto`` (the default) keeps float32
+    assert engine.rec.precision == {
+        "retrieval": "fp32",
+        "ctr": "fp32",
+        "ctr_reason": "the bundle has no bfloat16 check (ranker.precision)",
+    }
+    assert engine.model_info().precision == engine.rec.precision
+    monkeypatch.setenv("M6REC_PRECISION", "bf16")
     fast = Engine(bundle, device="cpu")
-    assert fast.autocast == "bf16" and engine.autocast == "off"
+    assert fast.rec.precision["ctr"] == "bf16" and "forced" in fast.rec.precision["ctr_reason"]
     req = RankRequest.model_validate({"history": HISTORY, "candidates": [f"i{i}" for i in range(6, 30)]})
     full, half = engine.rank(req), fast.rank(req)
     assert [x.score for x in half.items] == pytest.approx([x.score for x in full.items], abs=2e-2)
     assert [x.score for x in half.items] != [x.score for x in full.items]  # it really ran in bfloat16
     assert len(fast.recommend(rec_request(k=5)).items) == 5
-    monkeypatch.setenv("M6REC_AUTOCAST", "fp8")
-    with pytest.raises(ValueError, match="M6REC_AUTOCAST='fp8'"):
+    monkeypatch.setenv("M6REC_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="M6REC_PRECISION='fp8'"):
         Engine(bundle, device="cpu")
 
 
