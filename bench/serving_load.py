@@ -12,8 +12,9 @@ It serves the latest Bento in $BENTOML_HOME (default data/bentoml, i.e. what `ma
 `bentoml serve` on a free localhost port, and stops it at the end. Without --workers / --threads the
 service runs with its own defaults, exactly as `make serve` does (one worker per core, at most 4).
 
-Usage: python bench/serving_load.py [--requests 200] [--soak 5000] [--threads N] [--workers N]
-                                   [--precision auto|fp32|bf16]
+Usage: python bench/serving_load.py [--requests 200] [--repeats 1] [--soak 5000] [--threads N]
+                                   [--workers N] [--precision auto|fp32|bf16]
+With --repeats R every row is the median of R runs of --requests (seeds 0..R-1; each p99 kept).
 Writes bench/results/serving_load.json (or --out).
 """
 
@@ -92,6 +93,18 @@ def run(url: str, bodies: list, concurrency: int) -> dict:
     }
 
 
+def median_row(trials: list[dict]) -> dict:
+    """One row from repeated runs of the same variant: the median of each latency and throughput,
+    errors summed; with several runs, each run's p99 too (``p99_ms_trials``)."""
+    row = dict(trials[0])
+    for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps"):
+        row[key] = round(float(np.median([t[key] for t in trials])), 1)
+    row["errors"] = sum(t["errors"] for t in trials)
+    if len(trials) > 1:
+        row["p99_ms_trials"] = [t["p99_ms"] for t in trials]
+    return row
+
+
 @contextlib.contextmanager
 def serve_bento(
     home: Path, *, threads: int | None = None, workers: int | None = None, precision: str = "auto"
@@ -154,6 +167,9 @@ def main() -> None:
         choices=["auto", "fp32", "bf16"],
         help="M6REC_PRECISION (service default: auto)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of --requests per row; the row keeps their medians"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "serving_load.json"))
     args = parser.parse_args()
     home = Path(os.environ.get("BENTOML_HOME", REPO / "data" / "bentoml"))
@@ -180,8 +196,15 @@ def main() -> None:
         for kind, rerank, batching in variants:
             run(f"{base}/{kind}", payloads(items, kind, 10, seed=1, rerank=rerank or 0), 1)  # warm-up
             for concurrency in (1, 8, 32):
-                bodies = payloads(items, kind, args.requests, rerank=rerank or 0)
-                row = run(f"{base}/{kind}", bodies, concurrency)
+                trials = [
+                    run(
+                        f"{base}/{kind}",
+                        payloads(items, kind, args.requests, seed=t, rerank=rerank or 0),
+                        concurrency,
+                    )
+                    for t in range(args.repeats)
+                ]
+                row = median_row(trials)
                 labels = {"endpoint": kind, "rerank": rerank, "adaptive_batching": batching}
                 report["runs"].append({**labels, **row})
                 print(labels, row, flush=True)

@@ -114,12 +114,12 @@ def retrieval_ndcg(
 
 
 def valid_ctr_jobs(
-    examples: pd.DataFrame, known: set[str], profiles: Mapping[str, Profile]
+    examples: pd.DataFrame, known: set[str], profiles: Mapping[str, Profile], split: str = "valid"
 ) -> tuple[list[RankJob], np.ndarray]:
-    """The valid CTR examples whose target both bundles know, as rank jobs (history restricted to
-    ``known``), and their labels."""
+    """The valid CTR examples (``split``'s: the precision benchmark reports test too) whose target both
+    bundles know, as rank jobs (history restricted to ``known``), and their labels."""
     jobs, labels = [], []
-    for row in examples[examples["split"] == "valid"].itertuples(index=False):
+    for row in examples[examples["split"] == split].itertuples(index=False):
         if row.target_item_id not in known:
             continue
         history = [

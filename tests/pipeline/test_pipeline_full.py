@@ -50,6 +50,13 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     assert manifest["retriever"]["name"] == evaluation["serving"]["retrieval"]
     assert (champion / "token_ranker").is_dir() == evaluation["serving"]["ctr"].startswith("m6rec token")
     uses_lm = manifest["retriever"]["kind"].startswith("lm_") or manifest["ranker"]["kind"].startswith("lm_")
+    # the served CTR model's bfloat16 check: its float32 AUC is the evaluation's own valid AUC of it
+    if not evaluation["serving"]["ctr"].startswith("m6rec token"):
+        check = manifest["ranker"]["precision"]
+        assert check["split"] == "valid" and check["examples"] > 0 and isinstance(check["accepted"], bool)
+        valid_auc = evaluation["valid"]["ctr"][manifest["ranker"]["name"]]
+        assert check["fp32_auc"] == pytest.approx(valid_auc, abs=1e-5)
+        assert asset_metadata(result, "item_index")["bf16_check_accepted"] == check["accepted"]
     assert (champion / "lm_segments.pt").exists() == uses_lm
     # the train/serve contract: what the published marts were built with (marts.build_info)
     with connect(home / "warehouse.duckdb", read_only=True) as conn:
