@@ -20,8 +20,7 @@ from m6rec.evaluation.metrics import ctr_metrics
 from m6rec.models.ranking import predict_ctr
 
 PRECISION_SETTINGS = ("auto", "fp32", "bf16")
-# The largest valid-AUC change bfloat16 may cost for ``auto`` to serve in it (a tenth of the AUC
-# differences the evaluation report tells models apart by).
+# The largest valid-AUC change bfloat16 may cost for ``auto`` to serve in it.
 MAX_AUC_CHANGE = 0.001
 MAX_CHECK_EXAMPLES = 20_000  # validation examples the check scores (seeded sample past it)
 
@@ -34,8 +33,8 @@ def supports_scoring_dtype(model: torch.nn.Module) -> bool:
 
 @torch.no_grad()
 def bf16_check(ranker: torch.nn.Module, valid: dict[str, torch.Tensor], seed: int = 0) -> dict[str, Any]:
-    """Validation AUC of ``ranker`` in float32 and with its top layers in bfloat16 (on a copy: the
-    ranker itself is left as it is), over ``valid`` (:func:`m6rec.models.ranking.ctr_tensors` of the
+    """Validation AUC of ``ranker`` in float32 and with its transformer layers in bfloat16 (on a copy:
+    the ranker itself is left as it is), over ``valid`` (:func:`m6rec.models.ranking.ctr_tensors` of the
     valid split; a seeded sample of :data:`MAX_CHECK_EXAMPLES` past that). ``accepted``: the AUC moved
     by at most :data:`MAX_AUC_CHANGE`."""
     n = len(valid["labels"])
