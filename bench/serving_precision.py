@@ -34,7 +34,7 @@ from serving_load import payloads  # noqa: E402
 
 from m6rec.data.marts import load_rec_data  # noqa: E402
 from m6rec.data.warehouse import connect  # noqa: E402
-from m6rec.evaluation.gate import ctr_auc, valid_ctr_jobs  # noqa: E402
+from m6rec.evaluation.gate import ctr_auc, ctr_jobs  # noqa: E402
 from m6rec.serving.precision import native_bf16  # noqa: E402
 from m6rec.serving.recommender import HistoryEvent, Recommender  # noqa: E402
 
@@ -74,7 +74,7 @@ def main() -> None:
     known = set(map(str, recs["fp32"].index))
     auc = {}
     for split in ("valid", "test"):
-        jobs, labels = valid_ctr_jobs(examples, known, profiles, split=split)
+        jobs, labels = ctr_jobs(examples, known, profiles, split=split)
         auc[split] = {p: round(ctr_auc(rec, jobs, labels), 6) for p, rec in recs.items()}
     pairs = list(zip(tops["fp32"], tops["bf16"], strict=True))
     manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())

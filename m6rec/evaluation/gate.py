@@ -113,11 +113,11 @@ def retrieval_ndcg(
     return float(np.mean(gains)) if gains else float("nan")
 
 
-def valid_ctr_jobs(
+def ctr_jobs(
     examples: pd.DataFrame, known: set[str], profiles: Mapping[str, Profile], split: str = "valid"
 ) -> tuple[list[RankJob], np.ndarray]:
-    """The valid CTR examples (``split``'s: the precision benchmark reports test too) whose target both
-    bundles know, as rank jobs (history restricted to ``known``), and their labels."""
+    """The CTR examples of ``split`` (the gate's: valid) whose target both bundles know, as rank jobs
+    (history restricted to ``known``), and their labels."""
     jobs, labels = [], []
     for row in examples[examples["split"] == split].itertuples(index=False):
         if row.target_item_id not in known:
@@ -171,7 +171,7 @@ def evaluate_same_data(
         coverage=len(events) / all_valid if all_valid else 0.0,
         catalogue_overlap=len(candidates) / len(current) if current else 0.0,
     )
-    jobs, labels = valid_ctr_jobs(ctr_examples, known, profiles)
+    jobs, labels = ctr_jobs(ctr_examples, known, profiles)
     result.ctr_examples = len(jobs)
     for side, rec in (("challenger", challenger), ("champion", champion)):
         metrics = getattr(result, side)

@@ -22,7 +22,7 @@ from m6rec.models.retrieval import Window, collate
 from m6rec.models.segments import SegmentCache, gap_buckets, gaps_before, rating_ids
 from m6rec.serving.bundle import BUNDLE_FORMAT
 from m6rec.serving.item_index import ItemIndex
-from m6rec.serving.precision import pick_scoring_dtype
+from m6rec.serving.precision import check_setting, pick_scoring_dtype
 from m6rec.text.textify import Event, Profile, TextStyle, behaviour_segments, profile_text, pronoun
 
 PROFILE_CACHE_SIZE = 4096
@@ -81,6 +81,7 @@ class Recommender:
     ) -> None:
         """``precision``: the CTR scorer's arithmetic (:func:`m6rec.serving.precision.pick_scoring_dtype`;
         ``auto`` serves bfloat16 where the bundle's check and the hardware allow)."""
+        check_setting(precision)  # a bad setting fails now, not after the load
         self.path = Path(path)
         self.device = torch.device(device) if device else pick_device()
         self.manifest = json.loads((self.path / "manifest.json").read_text())
