@@ -41,7 +41,6 @@ from m6rec.models.lm_layers import build_lower_cache
 from m6rec.models.lm_ranking import train_lm_ranker
 from m6rec.models.lm_retrieval import train_lm_retriever
 from m6rec.models.ranking import train_ranker
-from m6rec.models.registry import parameter_counts
 from m6rec.models.retrieval import train_retriever
 from m6rec.text.textify import TextStyle
 from m6rec.training.profiles import LORA_TUNING, get_profile
@@ -184,7 +183,6 @@ def main() -> None:
     )
     train = {}
     for row, (model, result, cfg, batch_size) in trained.items():
-        report.parameters[row] = parameter_counts(model)
         meta = result_metadata(result, cfg, batch_size)
         meta.pop("config")
         train[row] = {

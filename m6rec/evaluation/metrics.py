@@ -204,11 +204,17 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str
     return out
 
 
+def ndcg_gains(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per-user NDCG@k of one held-out target from its 1-based rank (0 past ``k``): their mean is
+    :func:`ranking_metrics`' ``ndcg@k``."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
 def ndcg_ci95(ranks: np.ndarray, k: int = 10) -> float:
     """Half-width of the normal 95% confidence interval of mean NDCG@k over the evaluated users: what a
     sampled evaluation can tell apart."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    gains = np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+    gains = ndcg_gains(ranks, k)
     return float(1.96 * gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("nan")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from m6rec.evaluation.metrics import (
     ctr_metrics,
     intra_list_diversity,
     ndcg_ci95,
+    ndcg_gains,
     novelty,
     rank_of_targets,
     ranking_metrics,
@@ -32,6 +33,7 @@ from m6rec.evaluation.metrics import (
     sample_users,
     topk,
 )
+from m6rec.evaluation.significance import ALPHA, auc_lead_p, mean_lead_p
 from m6rec.models.baselines import ItemKNN, Popularity, SASRecBaseline
 from m6rec.models.late_interaction import (
     LateInteractionScorer,
@@ -40,10 +42,10 @@ from m6rec.models.late_interaction import (
     predict_token_ctr,
 )
 from m6rec.models.ranking import ctr_tensors, predict_ctr
+from m6rec.models.registry import parameter_counts
 from m6rec.models.retrieval import (
     EVAL_CHUNK,
     catalogue_vectors,
-    evaluate_retrieval,
     query_windows,
     score_windows,
 )
@@ -74,6 +76,7 @@ ITEMKNN_ROW = "ItemKNN (tuned on valid)"
 ITEMKNN_GRID = [
     {"k": k, "shrink": shrink} for k in (5, 10, 20, 50, 100, 200) for shrink in (0.0, 10.0, 100.0)
 ]
+TOKEN_RANKER_PREFIX = "m6rec token ranker"
 GATE_METRICS = {"retrieval": "retrieval_valid_ndcg@10", "ctr": "ctr_valid_auc"}
 
 
@@ -83,6 +86,7 @@ class EvaluationReport:
     ctr: dict[str, dict[str, float]] = field(default_factory=dict)
     valid: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> m6rec model -> valid metric
     serving: dict[str, str] = field(default_factory=dict)  # task -> the m6rec model that serves it
+    selection: dict[str, str] = field(default_factory=dict)  # task -> why that model serves
     validation: dict[str, float] = field(default_factory=dict)  # what the promotion gate compares
     parameters: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> parameter counts
     baseline_params: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. tuned ItemKNN's
@@ -97,13 +101,36 @@ class EvaluationReport:
         """A report back from :meth:`to_dict`'s JSON (the fields it holds)."""
         return cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
 
-    def pick_winners(self) -> None:
-        """Per task, the m6rec model with the best validation metric serves; its metric is gated."""
+    def pick_winners(
+        self,
+        lm_rows: Collection[str] = (),
+        lead_p: Callable[[str, str, str], float] | None = None,
+    ) -> None:
+        """Per task, the m6rec model with the best validation metric serves, unless it tunes no LM weight
+        (not in ``lm_rows``) and its lead over the best model that does is within noise: the one-sided
+        p-value ``lead_p(task, leader, best_lm)`` (a paired bootstrap on the valid split) is at least
+        ``ALPHA``. Then the fine-tuned LM serves — it is the recommender this workflow builds, it serves
+        faster than the frozen-feature models' per-position encoders, and a choice on noise would flip
+        between runs. ``selection`` says why; the serving model's valid metric is the one gated."""
         for task, scores in self.valid.items():
-            if scores:
-                winner = max(scores, key=lambda name: (scores[name], name))
-                self.serving[task] = winner
-                self.validation[GATE_METRICS[task]] = scores[winner]
+            if not scores:
+                continue
+            leader = max(scores, key=lambda name: (scores[name], name))
+            winner, why = leader, "best on valid"
+            tuned = [name for name in scores if name in lm_rows]
+            if leader not in lm_rows and tuned and lead_p is not None:
+                best_lm = max(tuned, key=lambda name: (scores[name], name))
+                p = lead_p(task, leader, best_lm)
+                margin = scores[leader] - scores[best_lm]
+                lead = f"led {best_lm} on valid by {margin:.4f} (paired bootstrap p = {p:.3f}"
+                if p >= ALPHA:
+                    winner = best_lm
+                    why = f"fine-tuned LM: {leader} {lead} >= {ALPHA}, within noise)"
+                else:
+                    why = f"best on valid: it {lead} < {ALPHA})"
+            self.serving[task] = winner
+            self.selection[task] = why
+            self.validation[GATE_METRICS[task]] = scores[winner]
 
     def markdown(self) -> str:
         params = ["LM weights tuned", "trainable", "total"]
@@ -132,6 +159,7 @@ class EvaluationReport:
             )
         if self.serving:
             lines += ["", "Serving: " + "; ".join(f"{task}: {name}" for task, name in self.serving.items())]
+            lines += [f"- {task}: {why}" for task, why in self.selection.items()]
         return "\n".join(lines)
 
     def _counts(self, name: str) -> list[str]:
@@ -147,6 +175,7 @@ class EvaluationReport:
             "ctr": self.ctr,
             "valid": self.valid,
             "serving": self.serving,
+            "selection": self.selection,
             "validation": self.validation,
             "parameters": self.parameters,
             "baseline_params": self.baseline_params,
@@ -240,6 +269,8 @@ def evaluate(
     features = genre_features(data)
     report.valid = {"retrieval": {}, "ctr": {}}
     report.valid_baselines = {"retrieval": {}, "ctr": {}}
+    valid_gains: dict[str, np.ndarray] = {}  # per valid user, for the paired test of pick_winners
+    valid_probs: dict[str, np.ndarray] = {}
     users = {
         split: sample_users(data.holdout(split)["user_id"].astype(str), max_eval_users, seed)
         for split in ("valid", "test")
@@ -258,9 +289,19 @@ def evaluate(
             features,
         )
         report.retrieval[name], report.ndcg_curves[name], report.top10_popularity[name] = metrics, curve, pop
-        report.valid["retrieval"][name] = evaluate_retrieval(model, data, "valid", users=users["valid"])[
-            "ndcg@10"
-        ]
+        windows, targets, exclude = query_windows(data, "valid", model.config.max_len, users["valid"])
+        valid_gains[name] = ndcg_gains(
+            ranks_in_chunks(
+                lambda a, b, model=model, windows=windows, items=items: score_windows(
+                    model, windows[a:b], item_vecs_raw=items
+                ),
+                targets,
+                exclude,
+                EVAL_CHUNK,
+            )
+        )
+        report.valid["retrieval"][name] = float(valid_gains[name].mean())
+        report.parameters[name] = parameter_counts(model)
         report.seconds[name] = time.perf_counter() - start
         log(f"{name}: ndcg@10={metrics['ndcg@10']:.4f} (valid {report.valid['retrieval'][name]:.4f})")
     test = build_eval_inputs(data.events, data.n_items, data.item_index, "test", users["test"])
@@ -309,7 +350,9 @@ def evaluate(
     }
     labels = {split: t["labels"].numpy() for split, t in tensors.items()}
     for name, model in ctr_models.items():
-        report.valid["ctr"][name] = ctr_metrics(labels["valid"], predict_ctr(model, tensors["valid"]))["auc"]
+        valid_probs[name] = predict_ctr(model, tensors["valid"])
+        report.valid["ctr"][name] = ctr_metrics(labels["valid"], valid_probs[name])["auc"]
+        report.parameters[name] = parameter_counts(model)
         probs = predict_ctr(model, tensors["test"])
         report.ctr[name] = {**ctr_metrics(labels["test"], probs), "n": len(probs)}
         log(f"{name}: test auc={report.ctr[name]['auc']:.4f} (valid {report.valid['ctr'][name]:.4f})")
@@ -323,20 +366,29 @@ def evaluate(
         report.valid_baselines["ctr"][ITEM_MEAN_ROW] = ctr_metrics(labels["valid"], item_mean["valid"])["auc"]
     if token_ranker is not None:
         scorer, config = token_ranker
-        name = f"m6rec token ranker (late interaction, k={config.top_k})"
+        name = f"{TOKEN_RANKER_PREFIX} (late interaction, k={config.top_k})"
         for split in ("valid", "test"):
             frame = ctr_examples[ctr_examples["split"] == split]
             segments = example_segments(frame, data, style or TextStyle(), config.history)
-            metrics = ctr_metrics(
-                frame["label"].to_numpy(), predict_token_ctr(scorer, segments, config.max_length)
-            )
+            probs = predict_token_ctr(scorer, segments, config.max_length)
+            metrics = ctr_metrics(frame["label"].to_numpy(), probs)
             if split == "valid":
                 report.valid["ctr"][name] = metrics["auc"]
+                valid_probs[name] = probs
             else:
                 report.ctr[name] = {**metrics, "n": len(frame)}
     for name, (row_labels, probs) in (extra_ctr or {}).items():
         report.ctr[name] = {**ctr_metrics(np.asarray(row_labels), np.asarray(probs)), "n": len(probs)}
-    report.pick_winners()
+    # the token ranker is the encoder itself with its top layers tuned (late interaction)
+    lm_rows = {name for name, counts in report.parameters.items() if counts["lm_trainable_parameters"] > 0}
+    lm_rows |= {name for name in report.valid["ctr"] if name.startswith(TOKEN_RANKER_PREFIX)}
+
+    def lead_p(task: str, leader: str, other: str) -> float:
+        if task == "retrieval":
+            return mean_lead_p(valid_gains[leader], valid_gains[other], seed=seed)
+        return auc_lead_p(labels["valid"], valid_probs[leader], valid_probs[other], seed=seed)
+
+    report.pick_winners(lm_rows, lead_p)
     return report
 
 

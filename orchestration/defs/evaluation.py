@@ -13,7 +13,6 @@ from m6rec.evaluation.zero_shot import zero_shot_markdown, zero_shot_report
 from m6rec.models.backbones import load_causal_lm, pick_device
 from m6rec.models.late_interaction import load_token_ranker
 from m6rec.models.ranking import ctr_tensors
-from m6rec.models.registry import parameter_counts
 from m6rec.serving.bundle import save_bundle
 from m6rec.serving.item_index import IndexConfig
 from m6rec.serving.precision import bf16_check, supports_scoring_dtype
@@ -98,8 +97,6 @@ def offline_evaluation(
         max_eval_users=profile.max_eval_users,
         seed=model_settings.seed,
     )
-    for row, (_, model, _) in models.items():
-        report.parameters[row] = parameter_counts(model)
     evaluation = {**report.to_dict(), "marts_fingerprint": data.contract.marts_fingerprint}
     # {} unless the marts hold cold items (dbt var zero_shot on); the explainer LM ranks a sample of the
     # cold events by likelihood (M6-Rec's zero-shot form) beside the item towers.
@@ -131,6 +128,7 @@ def offline_evaluation(
             "popularity_plot": dg.MetadataValue.md(_image(images["recommended_popularity"], "popularity")),
             "serving_retrieval": report.serving["retrieval"],
             "serving_ctr": report.serving["ctr"],
+            **{f"serving_{task}_why": why for task, why in report.selection.items()},
             **{
                 f"test_{k}": float(serving_retriever[k])
                 for k in ("ndcg@10", "hit@10", "mrr@10", "coverage@10")
@@ -174,7 +172,7 @@ def item_index(
     evaluation = artifacts.read_json(EVALUATION)
     check_same_marts("the offline evaluation", evaluation.get("marts_fingerprint"), data)
     serving = evaluation["serving"]
-    token_serves = serving["ctr"].startswith("m6rec token ranker")
+    token_serves = serving["ctr"].startswith(offline.TOKEN_RANKER_PREFIX)
     if token_serves:  # the token ranker ranks; the best pooled CTR model stays as the bundle's ranker.pt
         pooled = {row: auc for row, auc in evaluation["valid"]["ctr"].items() if row in models}
         ranker_row = max(pooled, key=pooled.get)

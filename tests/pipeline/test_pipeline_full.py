@@ -16,6 +16,11 @@ from tests.pipeline import asset_metadata
 pytestmark = pytest.mark.slow
 
 
+def tuned_rows(evaluation: dict) -> set[str]:
+    """The evaluation's rows whose model tuned LM weights."""
+    return {row for row, n in evaluation["parameters"].items() if n["lm_trainable_parameters"] > 0}
+
+
 def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> None:
     home, result = smoke_run
     assert result.success
@@ -43,9 +48,19 @@ def test_whole_graph_succeeds_with_evaluation_beside_baselines(smoke_run) -> Non
     champion = home / "artifacts" / "champion"
     evaluation = json.loads((champion / "evaluation.json").read_text())
     assert set(evaluation["validation"]) == set(offline.GATE_METRICS.values())
-    # per task the best m6rec model on valid serves, and the bundle says so
+    # per task the best m6rec model on valid serves (or, when that one tunes no LM weight and leads within
+    # noise, the best fine-tuned LM), the evaluation says why, and the bundle says which
     for task, scores in evaluation["valid"].items():
-        assert evaluation["serving"][task] == max(scores, key=lambda row: (scores[row], row))
+        lm = {
+            row: v
+            for row, v in scores.items()
+            if row.startswith("m6rec token") or row in tuned_rows(evaluation)
+        }
+        serving, why = evaluation["serving"][task], evaluation["selection"][task]
+        assert serving == max(scores, key=lambda row: (scores[row], row)) or (
+            serving == max(lm, key=lambda row: (lm[row], row)) and "within noise" in why
+        )
+        assert report[f"serving_{task}_why"] == why
     manifest = json.loads((champion / "manifest.json").read_text())
     assert manifest["retriever"]["name"] == evaluation["serving"]["retrieval"]
     assert (champion / "token_ranker").is_dir() == evaluation["serving"]["ctr"].startswith("m6rec token")

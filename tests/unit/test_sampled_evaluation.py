@@ -83,6 +83,10 @@ def test_every_row_of_a_sampled_evaluation_ranks_the_same_users(small_run) -> No
     assert {row: m["users"] for row, m in sampled.retrieval.items()} == {row: 9 for row in full.retrieval}
     assert all(m["users"] == n_test for m in full.retrieval.values())
     assert all(m["ndcg@10_ci95"] > 0 for m in full.retrieval.values())
+    # the valid metric the serving choice reads is the training's own valid NDCG@10
+    assert full.valid["retrieval"]["m"] == pytest.approx(evaluate_retrieval(model, data, "valid")["ndcg@10"])
+    assert full.parameters["m"]["lm_trainable_parameters"] == 0
+    assert full.serving == {"retrieval": "m"} and full.selection == {"retrieval": "best on valid"}
     # chunking does not change the full evaluation
     windows, targets, exclude = query_windows(data, "test", 6)
     one_shot = offline.ranking_metrics(
