@@ -386,6 +386,8 @@ def evaluate(
     def lead_p(task: str, leader: str, other: str) -> float:
         if task == "retrieval":
             return mean_lead_p(valid_gains[leader], valid_gains[other], seed=seed)
+        if len(np.unique(labels["valid"])) < 2:
+            return 1.0  # no AUC on valid, so no evidence of a lead
         return auc_lead_p(labels["valid"], valid_probs[leader], valid_probs[other], seed=seed)
 
     report.pick_winners(lm_rows, lead_p)
