@@ -109,9 +109,9 @@ class EvaluationReport:
         """Per task, the m6rec model with the best validation metric serves, unless it tunes no LM weight
         (not in ``lm_rows``) and its lead over the best model that does is within noise: the one-sided
         p-value ``lead_p(task, leader, best_lm)`` (a paired bootstrap on the valid split) is at least
-        ``ALPHA``. Then the fine-tuned LM serves — it is the recommender this workflow builds, it serves
-        faster than the frozen-feature models' per-position encoders, and a choice on noise would flip
-        between runs. ``selection`` says why; the serving model's valid metric is the one gated."""
+        ``ALPHA``. Then the fine-tuned LM serves: it is the recommender this workflow builds, and a
+        choice made on noise would flip between runs. ``selection`` says why; the serving model's valid
+        metric is the one gated."""
         for task, scores in self.valid.items():
             if not scores:
                 continue
@@ -379,8 +379,8 @@ def evaluate(
                 report.ctr[name] = {**metrics, "n": len(frame)}
     for name, (row_labels, probs) in (extra_ctr or {}).items():
         report.ctr[name] = {**ctr_metrics(np.asarray(row_labels), np.asarray(probs)), "n": len(probs)}
-    # the token ranker is the encoder itself with its top layers tuned (late interaction)
     lm_rows = {name for name, counts in report.parameters.items() if counts["lm_trainable_parameters"] > 0}
+    # the token ranker is the encoder itself with its top layers tuned (late interaction at token level)
     lm_rows |= {name for name in report.valid["ctr"] if name.startswith(TOKEN_RANKER_PREFIX)}
 
     def lead_p(task: str, leader: str, other: str) -> float:

@@ -4,7 +4,7 @@ Both models are scored on the same users (retrieval) or the same examples (CTR),
 paired: each draws one multiset of users/examples and compares the two models on it. The p-value is
 one-sided: the share of resamples in which the leader does *not* come out ahead. On ML-100K's 943 valid
 users the CTR AUC of one model has a standard error of ~0.013, while the m6rec CTR models differ by
-0.0004–0.003 from run to run — a choice between them on the raw valid number is a coin toss.
+0.0004–0.006 from run to run — a choice between them on the raw valid number is a coin toss.
 """
 
 from __future__ import annotations
