@@ -34,7 +34,7 @@ MARTS = {name: dg.AssetKey(["marts", name]) for name in MART_NAMES}
 MARTS_AUDIT_KEYS = {name: dg.AssetKey(["marts_audit", name]) for name in MART_NAMES}
 # An incremental build (daily drops only) rebuilds these for the users the drops touch; publish merges them
 # by user_id. The other marts are rebuilt whole every time.
-PER_USER_MARTS = ("user_events", "splits", "ctr_examples")
+PER_USER_MARTS = ("user_events", "splits", "ctr_examples", "user_profiles")
 # ... and these by key: the build emits each key it moved with the key's new row, and publish replaces
 # those keys, keeping the rows that match the condition (a pair count of 0 means the pair is gone).
 KEYED_MARTS = {"item_transitions": (("item_id", "next_item_id"), "n > 0")}

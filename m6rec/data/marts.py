@@ -14,6 +14,9 @@ import pandas as pd
 from m6rec.text.textify import Event, ItemText, Profile
 
 SPLIT_ORDER = ("train", "valid", "test")
+# The models' dense user index, numbered as the marts are read: numeric ids in numeric order, then the
+# rest. marts.user_profiles does not store it (a daily drop's new user would renumber every row).
+USER_ORDER = "try_cast(user_id as bigint) nulls last, user_id"
 CONTRACT_FILE = "contract.json"
 
 
@@ -72,7 +75,7 @@ class RecData:
     """Everything a model needs from the warehouse, in memory (ML-100K is ~5 MB here)."""
 
     items: pd.DataFrame  # marts.item_catalogue, row i has item_idx i
-    users: pd.DataFrame  # marts.user_profiles, row u has user_idx u
+    users: pd.DataFrame  # marts.user_profiles + user_idx (USER_ORDER), row u has user_idx u
     events: pd.DataFrame  # marts.splits + item_idx/user_idx, sorted by user_idx, position
     contract: DataContract = field(default_factory=DataContract)  # what the marts were built with
 
@@ -171,12 +174,16 @@ def load_rec_data(database: str | Path) -> RecData:
     with connect(database, read_only=True) as conn:
         contract = DataContract.from_build_info(read_build_info(conn))
         items = conn.execute("select * from marts.item_catalogue order by item_idx").df()
-        users = conn.execute("select * from marts.user_profiles order by user_idx").df()
-        events = conn.execute("""
+        numbered = f"""
+            select user_id, row_number() over (order by {USER_ORDER}) - 1 as user_idx, * exclude (user_id)
+            from marts.user_profiles"""
+        users = conn.execute(f"{numbered} order by user_idx").df()
+        events = conn.execute(f"""
+            with users as ({numbered})
             select s.user_id, u.user_idx, s.item_id, i.item_idx, s.rating, s.ts, s.position, s.split,
                    s.is_like
             from marts.splits s
-            join marts.user_profiles u using (user_id)
+            join users u using (user_id)
             join marts.item_catalogue i using (item_id)
             order by u.user_idx, s.position""").df()
     for frame, col in ((items, "item_idx"), (users, "user_idx")):

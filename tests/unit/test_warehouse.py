@@ -137,3 +137,27 @@ def test_merge_delta_replaces_keyed_rows_and_keeps_the_fingerprint_exact(tmp_pat
         assert conn.execute("SELECT * FROM marts.events ORDER BY 1").fetchall() == [("u1", "x"), ("u2", "z")]
         assert digest == fingerprint(conn, "marts", ["pairs", "events"])
         assert not table_exists(conn, "audit", "pairs")  # the audit schema is dropped
+
+
+def test_user_index_is_numbered_as_the_marts_are_read(tmp_path: Path) -> None:
+    """marts.user_profiles stores no index (a drop's new user would renumber every published row):
+    load_rec_data numbers users densely, numeric ids in numeric order then the rest, and the events
+    carry the same numbers."""
+    from m6rec.data.marts import load_rec_data
+
+    db = tmp_path / "w.duckdb"
+    with connect(db) as conn:
+        conn.execute("create schema marts")
+        conn.execute("create table marts.item_catalogue as select 'i0' as item_id, 0 as item_idx")
+        conn.execute(
+            "create table marts.user_profiles as "
+            "select * from (values ('b'), ('10'), ('9'), ('a')) as t(user_id) order by user_id"
+        )
+        conn.execute(
+            "create table marts.splits as select user_id, 'i0' as item_id, 4.0 as rating, 0 as ts, "
+            "0 as position, 'train' as split, true as is_like from marts.user_profiles"
+        )
+    data = load_rec_data(db)
+    numbered = {"9": 0, "10": 1, "a": 2, "b": 3}
+    assert data.users[["user_id", "user_idx"]].values.tolist() == [list(kv) for kv in numbered.items()]
+    assert dict(zip(data.events["user_id"], data.events["user_idx"], strict=True)) == numbered

@@ -1,5 +1,7 @@
--- depends_on: {{ ref('int_touched_users') }}
-{% set d = delta() %}
+-- One row per user with events. Built from the user's own rows only (no rank over all users), so an
+-- incremental build emits the touched users' rows and publish replaces exactly those (a per-user mart,
+-- orchestration PER_USER_MARTS); the models' dense user index is numbered when the marts are read
+-- (m6rec.data.marts.USER_ORDER), not stored, so a new user does not renumber every published row.
 with activity as (
     select
         user_id,
@@ -9,43 +11,19 @@ with activity as (
         max(ts) as last_ts
     from {{ ref('splits') }}
     group by user_id
-),
-
-profiles as (
-    select
-        a.user_id,
-        u.age,
-        u.gender,
-        u.occupation,
-        u.zip,
-        coalesce(u.attributes, '{}')::json as attributes,
-        a.n_events,
-        a.n_train_events,
-        a.first_ts,
-        a.last_ts
-    from activity as a
-    left join {{ ref('stg_users') }} as u using (user_id)
-    {% if d %}
-        -- an incremental build's splits hold the touched users; the others keep their published row (a
-        -- daily drop adds events only: the users table is as it was when that row was built)
-        union all by name
-        select user_id, age, gender, occupation, zip, attributes, n_events, n_train_events, first_ts, last_ts
-        from {{ d.published_schema }}.user_profiles
-        where user_id not in (select user_id from {{ ref('int_touched_users') }})
-    {% endif %}
 )
 
 select
-    user_id,
-    row_number() over (order by try_cast(user_id as bigint) nulls last, user_id) - 1 as user_idx,
-    age,
-    gender,
-    occupation,
-    zip,
-    attributes,
-    n_events,
-    n_train_events,
-    first_ts,
-    last_ts
-from profiles
-order by user_idx
+    a.user_id,
+    u.age,
+    u.gender,
+    u.occupation,
+    u.zip,
+    coalesce(u.attributes, '{}')::json as attributes,
+    a.n_events,
+    a.n_train_events,
+    a.first_ts,
+    a.last_ts
+from activity as a
+left join {{ ref('stg_users') }} as u using (user_id)
+order by a.user_id
