@@ -11,7 +11,12 @@ embedding's 384), drawn around 2,000 seeded centres and unit-normalised per part
 the libraries, not m6rec's item geometry; the served bundle records its own recall on its own items
 (``manifest.json["item_index"]["graph"]``).
 
-Usage: python bench/ann.py [--sizes 100000 1000000] [--libraries NAME ...] [--out bench/results/ann.json]
+``--load-modes``: instead, how the served IVF-Flat index is read back from its file — into memory, or
+memory-mapped (shared by a machine's serving workers) through FAISS's ``IO_FLAG_MMAP`` or
+``IO_FLAG_MMAP_IFC`` — and what one search costs each way (the row's ``faiss_ivf_flat_load_modes``).
+
+Usage: python bench/ann.py [--sizes 100000 1000000] [--libraries NAME ...] [--load-modes]
+                           [--out bench/results/ann.json]
 Rows already in the file are kept unless measured again (each row names the command that wrote it).
 """
 
@@ -64,7 +69,7 @@ def faiss_hnsw(vectors: np.ndarray) -> tuple[Callable, Callable]:
     return set_effort, lambda q, k: index.search(q, k)[1]
 
 
-def faiss_ivf(vectors: np.ndarray) -> tuple[Callable, Callable]:
+def ivf_flat_index(vectors: np.ndarray) -> faiss.IndexIVFFlat:
     nlist = int(4 * np.sqrt(len(vectors)))
     quantizer = faiss.IndexFlatIP(vectors.shape[1])
     index = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
@@ -73,6 +78,11 @@ def faiss_ivf(vectors: np.ndarray) -> tuple[Callable, Callable]:
     ]
     index.train(sample)
     index.add(vectors)
+    return index
+
+
+def faiss_ivf(vectors: np.ndarray) -> tuple[Callable, Callable]:
+    index = ivf_flat_index(vectors)
 
     def set_effort(e: int) -> None:
         index.nprobe = e
@@ -101,6 +111,63 @@ LIBRARIES = {
 }
 
 
+def one_query_latencies(search: Callable, queries: np.ndarray) -> dict:
+    """p50/p99 ms of single-query searches (k 60: what recommend asks for: max(k, rerank) + a 10-item
+    history), on one thread."""
+    latencies = []
+    for q in queries:
+        t = time.perf_counter()
+        search(q[None], 60)
+        latencies.append((time.perf_counter() - t) * 1000)
+    return {
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+    }
+
+
+# How a saved index is read back: into memory, or mapped from the file so that a machine's serving
+# workers share one copy (the old flag reads the IVF lists through FAISS's on-disk lists, the newer one
+# as plain arrays over the mapping)
+LOAD_MODES = {"memory": 0, "IO_FLAG_MMAP": faiss.IO_FLAG_MMAP, "IO_FLAG_MMAP_IFC": faiss.IO_FLAG_MMAP_IFC}
+
+
+def load_modes(vectors: np.ndarray, tune: np.ndarray, test: np.ndarray, folder: Path) -> dict:
+    """One IVF-Flat index (effort tuned as in :func:`measure`), saved, then read back each way and
+    searched one query at a time, the file's pages already in memory (the service reads every page
+    once before it is ready: ``ItemIndex.touch``). Rounds interleave the modes: the host's speed drifts."""
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index = ivf_flat_index(vectors)
+    faiss.omp_set_num_threads(1)
+    truth = exact_top_k(vectors, tune, 10)
+    for effort in EFFORTS:
+        index.nprobe = effort
+        if recall_at_k(index.search(tune, 10)[1], truth) >= TARGET:
+            break
+    path = folder / "ivf_flat.faiss"
+    faiss.write_index(index, str(path))
+    loaded = {}
+    for mode, flag in LOAD_MODES.items():
+        copy = faiss.read_index(str(path), flag)
+        copy.search(test[:1], 1, params=faiss.SearchParametersIVF(nprobe=copy.nlist))  # every page once
+        loaded[mode] = copy
+    params = faiss.SearchParametersIVF(nprobe=effort)
+    rounds: dict[str, list[dict]] = {mode: [] for mode in LOAD_MODES}
+    for r in range(3):
+        for mode, copy in loaded.items():
+            queries = test[r * 100 : (r + 1) * 100]
+            rounds[mode].append(
+                one_query_latencies(lambda q, k, c=copy: c.search(q, k, params=params), queries)
+            )
+    path.unlink()
+    return {
+        "effort": effort,
+        **{
+            mode: {key: round(float(np.median([t[key] for t in trials])), 2) for key in ("p50_ms", "p99_ms")}
+            for mode, trials in rounds.items()
+        },
+    }
+
+
 def measure(name: str, vectors: np.ndarray, tune: np.ndarray, test: np.ndarray) -> dict:
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # building uses every core
     start = time.perf_counter()
@@ -112,17 +179,11 @@ def measure(name: str, vectors: np.ndarray, tune: np.ndarray, test: np.ndarray) 
         set_effort(effort)
         if recall_at_k(search(tune, 10), truth_tune) >= TARGET:
             break
-    latencies = []
-    for q in test[:300]:
-        t = time.perf_counter()
-        search(q[None], 60)  # what recommend asks for: max(k, rerank) + a 10-item history
-        latencies.append((time.perf_counter() - t) * 1000)
     return {
         "build_seconds": round(build, 1),
         "effort": effort,
         "recall_at_10": round(recall_at_k(search(test, 10), truth_test), 4),
-        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        **one_query_latencies(search, test[:300]),
     }
 
 
@@ -131,6 +192,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ann.json"))
+    parser.add_argument(
+        "--load-modes",
+        action="store_true",
+        help="only compare how a saved IVF-Flat index is read back (memory, IO_FLAG_MMAP, IO_FLAG_MMAP_IFC)",
+    )
+    parser.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp"), help="where the index file goes")
     args = parser.parse_args()
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {"runs": []}
@@ -143,6 +210,15 @@ def main() -> None:
         if row is None:
             row = {"items": n, "dim": int(vectors.shape[1]), "libraries": {}}
             report["runs"] = sorted([*report["runs"], row], key=lambda r: r["items"])
+        if args.load_modes:
+            command = f"python bench/ann.py --sizes {n} --load-modes"
+            row["faiss_ivf_flat_load_modes"] = {
+                "command": command,
+                **load_modes(vectors, tune, test, Path(args.work)),
+            }
+            print(n, row["faiss_ivf_flat_load_modes"], flush=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+            continue
         for name in args.libraries:
             command = f"python bench/ann.py --sizes {n} --libraries '{name}'"
             row["libraries"][name] = {"command": command, **measure(name, vectors, tune, test)}
