@@ -111,6 +111,17 @@ LIBRARIES = {
 }
 
 
+def tuned_effort(set_effort: Callable, search: Callable, vectors: np.ndarray, tune: np.ndarray) -> int:
+    """The smallest of :data:`EFFORTS` whose recall@10 on the ``tune`` queries reaches :data:`TARGET`
+    (the largest when none does); the index is left at it."""
+    truth = exact_top_k(vectors, tune, 10)
+    for effort in EFFORTS:
+        set_effort(effort)
+        if recall_at_k(search(tune, 10), truth) >= TARGET:
+            break
+    return effort
+
+
 def one_query_latencies(search: Callable, queries: np.ndarray) -> dict:
     """p50/p99 ms of single-query searches (k 60: what recommend asks for: max(k, rerank) + a 10-item
     history), on one thread."""
@@ -132,17 +143,15 @@ LOAD_MODES = {"memory": 0, "IO_FLAG_MMAP": faiss.IO_FLAG_MMAP, "IO_FLAG_MMAP_IFC
 
 
 def load_modes(vectors: np.ndarray, tune: np.ndarray, test: np.ndarray, folder: Path) -> dict:
-    """One IVF-Flat index (effort tuned as in :func:`measure`), saved, then read back each way and
-    searched one query at a time, the file's pages already in memory (the service reads every page
+    """One IVF-Flat index (effort by :func:`tuned_effort`, as in :func:`measure`), saved, then read back
+    each way and searched one query at a time, the file's pages already in memory (the service reads every page
     once before it is ready: ``ItemIndex.touch``). Rounds interleave the modes: the host's speed drifts."""
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     index = ivf_flat_index(vectors)
     faiss.omp_set_num_threads(1)
-    truth = exact_top_k(vectors, tune, 10)
-    for effort in EFFORTS:
-        index.nprobe = effort
-        if recall_at_k(index.search(tune, 10)[1], truth) >= TARGET:
-            break
+    effort = tuned_effort(
+        lambda e: setattr(index, "nprobe", e), lambda q, k: index.search(q, k)[1], vectors, tune
+    )
     path = folder / "ivf_flat.faiss"
     faiss.write_index(index, str(path))
     loaded = {}
@@ -174,11 +183,8 @@ def measure(name: str, vectors: np.ndarray, tune: np.ndarray, test: np.ndarray) 
     set_effort, search = LIBRARIES[name](vectors)
     build = time.perf_counter() - start
     faiss.omp_set_num_threads(1)  # a request searches on one thread
-    truth_tune, truth_test = exact_top_k(vectors, tune, 10), exact_top_k(vectors, test, 10)
-    for effort in EFFORTS:
-        set_effort(effort)
-        if recall_at_k(search(tune, 10), truth_tune) >= TARGET:
-            break
+    effort = tuned_effort(set_effort, search, vectors, tune)
+    truth_test = exact_top_k(vectors, test, 10)
     return {
         "build_seconds": round(build, 1),
         "effort": effort,
