@@ -144,8 +144,9 @@ LOAD_MODES = {"memory": 0, "IO_FLAG_MMAP": faiss.IO_FLAG_MMAP, "IO_FLAG_MMAP_IFC
 
 def load_modes(vectors: np.ndarray, tune: np.ndarray, test: np.ndarray, folder: Path) -> dict:
     """One IVF-Flat index (effort by :func:`tuned_effort`, as in :func:`measure`), saved, then read back
-    each way and searched one query at a time, the file's pages already in memory (the service reads every page
-    once before it is ready: ``ItemIndex.touch``). Rounds interleave the modes: the host's speed drifts."""
+    each way and searched one query at a time, the file's pages already in memory (the service reads
+    every page once before it is ready: ``ItemIndex.touch``). Rounds interleave the modes: the host's
+    speed drifts."""
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     index = ivf_flat_index(vectors)
     faiss.omp_set_num_threads(1)
