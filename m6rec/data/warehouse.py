@@ -246,12 +246,17 @@ def merge_delta(
         added_rows[name] = f"(SELECT * FROM {source_schema}.{name} WHERE {keep})"
     with transaction(conn):
         for name, where in replaced.items():
-            # the deleted rows come back from the DELETE itself (their stats need every column, and a
-            # second scan of a big table for them cost more than the whole delete)
-            gone = conn.sql(f"DELETE FROM {target_schema}.{name} WHERE {where} RETURNING *").to_arrow_table()
+            # the deleted rows' hashes come back from the DELETE itself (a second scan of a big table cost
+            # more than the whole delete; returning the rows themselves, lists and all, cost more again)
+            gone = conn.sql(
+                f"DELETE FROM {target_schema}.{name} AS t WHERE {where} RETURNING hash(t) AS row_hash"
+            ).to_arrow_table()
             conn.register("merge_delta_removed", gone)
-            removed = relation_stats(conn, "merge_delta_removed")
+            [(count, total)] = conn.execute(
+                "SELECT count(*), coalesce(sum(row_hash::HUGEINT), 0) FROM merge_delta_removed"
+            ).fetchall()
             conn.unregister("merge_delta_removed")
+            removed = [int(count), int(total)]
             added = relation_stats(conn, added_rows[name])
             stats[name] = [stats[name][k] - removed[k] + added[k] for k in (0, 1)]
             conn.execute(f"INSERT INTO {target_schema}.{name} BY NAME FROM {added_rows[name]}")

@@ -114,12 +114,13 @@ def test_merge_delta_replaces_keyed_rows_and_keeps_the_fingerprint_exact(tmp_pat
         conn.execute("CREATE SCHEMA marts; CREATE SCHEMA audit")
         conn.execute("CREATE TABLE marts.pairs (a VARCHAR, b VARCHAR, n BIGINT)")
         conn.execute("INSERT INTO marts.pairs VALUES ('x','y',3), ('x','z',1), ('y','z',2)")
-        conn.execute("CREATE TABLE marts.events (user_id VARCHAR, item_id VARCHAR)")
-        conn.execute("INSERT INTO marts.events VALUES ('u1','x'), ('u2','y')")
+        # a list column too, as ctr_examples has (the removed rows' hashes come back from the DELETE)
+        conn.execute("CREATE TABLE marts.events (user_id VARCHAR, item_id VARCHAR, hist VARCHAR[])")
+        conn.execute("INSERT INTO marts.events VALUES ('u1','x',['a']), ('u2','y',['b','c'])")
         previous = table_stats(conn, "marts", ["pairs", "events"])
         conn.execute("CREATE TABLE audit.pairs (a VARCHAR, b VARCHAR, n BIGINT)")
         conn.execute("INSERT INTO audit.pairs VALUES ('x','y',4), ('x','z',0), ('z','x',1)")
-        conn.execute("CREATE TABLE audit.events AS SELECT 'u2' AS user_id, 'z' AS item_id")
+        conn.execute("CREATE TABLE audit.events AS SELECT 'u2' AS user_id, 'z' AS item_id, ['y'] AS hist")
         conn.execute("CREATE TABLE audit.touched AS SELECT 'u2' AS user_id")
         digest = merge_delta(
             conn,
@@ -134,7 +135,8 @@ def test_merge_delta_replaces_keyed_rows_and_keeps_the_fingerprint_exact(tmp_pat
         )
         pairs = conn.execute("SELECT a, b, n FROM marts.pairs ORDER BY a, b").fetchall()
         assert pairs == [("x", "y", 4), ("y", "z", 2), ("z", "x", 1)]
-        assert conn.execute("SELECT * FROM marts.events ORDER BY 1").fetchall() == [("u1", "x"), ("u2", "z")]
+        events = conn.execute("SELECT * FROM marts.events ORDER BY 1").fetchall()
+        assert events == [("u1", "x", ["a"]), ("u2", "z", ["y"])]
         assert digest == fingerprint(conn, "marts", ["pairs", "events"])
         assert not table_exists(conn, "audit", "pairs")  # the audit schema is dropped
 
