@@ -105,10 +105,57 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
 
 
 def audit_schema(layer: str, run_id: str) -> str:
-    """The schema one run writes ``layer`` (``raw`` or ``marts``) into before its suites pass: one per
-    run, so two runs at once never audit or publish each other's tables."""
+    """The schema one run writes the raw layer into before its suites pass: one per run, so two runs at
+    once never audit or publish each other's tables. (The marts, which dbt writes, take a numbered
+    schema: :func:`claim_audit_slot`.)"""
     token = "".join(ch for ch in run_id.lower() if ch.isalnum())[:12] or "manual"
     return f"{layer}_audit_{token}"
+
+
+AUDIT_SLOTS_TABLE = "main.audit_slots"  # which run holds which numbered audit schema of a layer
+
+
+def claim_audit_slot(conn: duckdb.DuckDBPyConnection, layer: str, run_id: str) -> str:
+    """The audit schema run ``run_id`` writes ``layer`` into, created now: the one the run already holds,
+    else the first of ``<layer>_audit_1``, ``_2``, ... that does not exist (publish drops a passing
+    build's schema, so the next run takes the same number; a rejected build keeps its schema, and its
+    number, for inspection). Two runs at once never hold the same schema: DuckDB lets one process write.
+
+    Numbered rather than named after the run (as :func:`audit_schema` names the raw layer's): dbt bakes
+    the schema name into its parsed project, and with a name it has seen before it reuses its saved
+    parse (``partial_parse.msgpack``) — a new name each run made every build parse the project again,
+    ~4 s of a ~30 s daily drop at 10^7 events."""
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {AUDIT_SLOTS_TABLE} "
+        "(schema_name VARCHAR PRIMARY KEY, layer VARCHAR, run_id VARCHAR, claimed_at TIMESTAMP)"
+    )
+    held = held_audit_schema(conn, layer, run_id)
+    if held is not None:
+        return held
+    with transaction(conn):
+        number = 1
+        while schema_exists(conn, f"{layer}_audit_{number}"):
+            number += 1
+        schema = f"{layer}_audit_{number}"
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            f"INSERT OR REPLACE INTO {AUDIT_SLOTS_TABLE} VALUES (?, ?, ?, now()::TIMESTAMP)",
+            [schema, layer, run_id],
+        )
+    return schema
+
+
+def held_audit_schema(conn: duckdb.DuckDBPyConnection, layer: str, run_id: str) -> str | None:
+    """The audit schema of ``layer`` that :func:`claim_audit_slot` gave run ``run_id``, while it exists."""
+    if not table_exists(conn, *AUDIT_SLOTS_TABLE.split(".")):
+        return None
+    row = conn.execute(
+        f"SELECT s.schema_name FROM {AUDIT_SLOTS_TABLE} AS s "
+        "JOIN information_schema.schemata AS i ON i.schema_name = s.schema_name "
+        "WHERE s.layer = ? AND s.run_id = ?",
+        [layer, run_id],
+    ).fetchone()
+    return row[0] if row else None
 
 
 def stage_raw_tables(conn: duckdb.DuckDBPyConnection, dataset: RawDataset, source: str, schema: str) -> None:

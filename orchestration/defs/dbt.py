@@ -23,8 +23,9 @@ from m6rec.data.warehouse import (
     MARTS_SCHEMA,
     RAW_SCHEMA,
     WarehouseLockedError,
-    audit_schema,
+    claim_audit_slot,
     connect,
+    held_audit_schema,
     merge_delta,
     next_load_seq,
     publish_tables,
@@ -47,6 +48,7 @@ from orchestration.stages import (
 # the daily_drops job to say so): the marts are built once, for all of its days.
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 DBT_VARS_TABLE = "dbt_vars"  # one row in the audit schema: the vars this build used (for build_info)
+DBT_DELTA_TABLE = "dbt_delta"  # one row in the audit schema: the delta dbt builds (transforms/macros)
 TOUCHED_USERS = "int_touched_users"  # an incremental build's users, in its audit schema
 
 dbt_project = DbtProject(project_dir=settings.DBT_PROJECT_DIR)
@@ -156,6 +158,15 @@ def plan_delta(conn, config: DbtBuildConfig) -> tuple[dict[str, Any] | None, int
     return delta, latest, f"{len(days)} daily drop(s) since raw load {since}: {', '.join(days) or 'none'}"
 
 
+def _target_path(database: str, schema: str) -> Path:
+    """dbt's target folder for builds of ``schema`` in the warehouse file ``database``: the same folder for
+    the same pair, so dbt finds its last parse there (partial_parse.msgpack) and reuses it when nothing
+    it depends on changed. One pair builds at a time (its run holds the schema; DuckDB, the file), so no
+    two dbt processes write the folder at once."""
+    where = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:8]
+    return Path(dbt_project.target_path) / f"{schema}-{where}"
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -178,11 +189,18 @@ def m6rec_dbt(
     first waits for the lock like every other step (up to ``warehouse.lock_wait_s``), and starts again
     when it lost the race for the lock before building anything."""
     os.environ["M6REC_DUCKDB_PATH"] = str(Path(warehouse.database).resolve())  # read by profiles.yml
-    schema = audit_schema(MARTS_SCHEMA, context.run_id)
     with warehouse.connect() as conn:
+        schema = claim_audit_slot(conn, MARTS_SCHEMA, context.run_id)
         delta, load_seq, why = plan_delta(conn, config)
-    context.log.info(f"{'Incremental' if delta else 'Whole'} build: {why}")
-    dbt_vars = json.dumps({**config.dbt_vars(), MARTS_AUDIT_VAR: schema, "delta": delta})
+        # The delta is a table dbt reads when it runs, not a var: vars are part of dbt's parse, and the
+        # same vars as the last build of this schema let dbt reuse that parse (partial_parse.msgpack in
+        # the schema's own target folder).
+        conn.execute(
+            f"create or replace table {schema}.{DBT_DELTA_TABLE} as select ?::json as delta",
+            [json.dumps(delta)],
+        )
+    context.log.info(f"{'Incremental' if delta else 'Whole'} build: {why} (into {schema})")
+    dbt_vars = json.dumps({**config.dbt_vars(), MARTS_AUDIT_VAR: schema})
     # An incremental build tests what it builds (the marts' delta); the staging views' tests (tag
     # whole_log) would re-scan the whole raw log, whose new rows the drop's own suite already checked.
     skip = ["--exclude", "tag:whole_log"] if delta else []
@@ -190,7 +208,12 @@ def m6rec_dbt(
     while True:
         with connect(warehouse.database, wait_s=max(deadline - time.monotonic(), 0.0)):
             pass  # free now; WarehouseLockedError once lock_wait_s has passed
-        invocation = dbt.cli(["build", "--vars", dbt_vars, *skip], context=context, raise_on_error=False)
+        invocation = dbt.cli(
+            ["build", "--vars", dbt_vars, *skip],
+            context=context,
+            raise_on_error=False,
+            target_path=_target_path(warehouse.database, schema),
+        )
         events = 0
         for event in invocation.stream():
             events += 1
@@ -233,16 +256,12 @@ def published_marts(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     """Copy this run's audited marts over ``marts.*`` in one transaction, with ``marts.build_info`` (the
     dbt vars, run id, published time and a content fingerprint: what a bundle records as its data), then
     drop the audit schema. Runs only after every blocking suite of this run passed."""
-    schema = audit_schema(MARTS_SCHEMA, context.run_id)
     with warehouse.connect() as conn:
-        found = conn.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-            [schema, DBT_VARS_TABLE],
-        ).fetchone()[0]
-        if not found:
+        schema = held_audit_schema(conn, MARTS_SCHEMA, context.run_id)
+        if schema is None or not table_exists(conn, schema, DBT_VARS_TABLE):
             raise dg.Failure(
-                description=f"{schema} holds no finished dbt build of this run: publish runs in the same run "
-                "as m6rec_dbt (e.g. the data_pipeline job), after its suites pass."
+                description=f"run {context.run_id} holds no finished dbt build ({schema or 'no schema'}): "
+                "publish runs in the same run as m6rec_dbt (e.g. data_pipeline), after its suites pass."
             )
         vars_json, load_seq, delta_json = conn.execute(
             f"select vars, raw_load_seq, delta from {schema}.{DBT_VARS_TABLE}"

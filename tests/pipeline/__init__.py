@@ -37,13 +37,16 @@ def copy_published_for_audit(database, layer: str, run_id: str) -> str:
     schema."""
     import duckdb
 
-    from m6rec.data.warehouse import RAW_SCHEMA, audit_schema
+    from m6rec.data.warehouse import RAW_SCHEMA, audit_schema, claim_audit_slot
     from orchestration.stages import MART_NAMES
 
-    schema = audit_schema(layer, run_id)
     names = ("ratings", "items", "users") if layer == RAW_SCHEMA else MART_NAMES
     with duckdb.connect(str(database)) as conn:
-        conn.execute(f"create schema {schema}")
+        if layer == RAW_SCHEMA:
+            schema = audit_schema(layer, run_id)
+            conn.execute(f"create schema {schema}")
+        else:
+            schema = claim_audit_slot(conn, layer, run_id)
         for name in names:
             conn.execute(f"create table {schema}.{name} as from {layer}.{name}")
         if layer == RAW_SCHEMA:

@@ -161,6 +161,9 @@ def test_a_backfill_over_many_days_is_one_dg_launch(drops_home, tmp_path: Path) 
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Incremental build: 3 daily drop(s)" in done.stderr + done.stdout
+    # the same audit schema as the data half's build, the same vars: dbt reused that build's parse
+    assert "(into marts_audit_1)" in done.stderr + done.stdout
+    assert "Unable to do partial parsing" not in done.stderr + done.stdout
     with duckdb.connect(str(db), read_only=True) as conn:
         rows = conn.execute("select count(*) from raw.ratings where drop_date is not null").fetchone()[0]
         info = read_build_info(conn)

@@ -13,8 +13,10 @@ from m6rec.data.sources import read_source
 from m6rec.data.tabular import DataFormatError
 from m6rec.data.warehouse import (
     WarehouseLockedError,
+    claim_audit_slot,
     connect,
     fingerprint,
+    held_audit_schema,
     merge_delta,
     replace_raw_tables,
     table_counts,
@@ -139,6 +141,23 @@ def test_merge_delta_replaces_keyed_rows_and_keeps_the_fingerprint_exact(tmp_pat
         assert events == [("u1", "x", ["a"]), ("u2", "z", ["y"])]
         assert digest == fingerprint(conn, "marts", ["pairs", "events"])
         assert not table_exists(conn, "audit", "pairs")  # the audit schema is dropped
+
+
+def test_a_marts_audit_schema_is_held_by_one_run_and_taken_again_once_dropped(tmp_path: Path) -> None:
+    """Numbered audit schemas (dbt reuses its parse of a schema name it has seen): a run keeps the one it
+    claimed, a second run at the same time gets the next, a rejected build's schema stays taken, and a
+    published (dropped) one is the next run's."""
+    with connect(tmp_path / "w.duckdb") as conn:
+        assert held_audit_schema(conn, "marts", "run-a") is None  # no slot was ever claimed
+        assert claim_audit_slot(conn, "marts", "run-a") == "marts_audit_1"
+        assert claim_audit_slot(conn, "marts", "run-a") == "marts_audit_1"  # the step started again
+        assert claim_audit_slot(conn, "marts", "run-b") == "marts_audit_2"  # run-a still holds 1
+        assert held_audit_schema(conn, "marts", "run-b") == "marts_audit_2"
+        conn.execute("drop schema marts_audit_1 cascade")  # run-a published
+        assert held_audit_schema(conn, "marts", "run-a") is None
+        assert claim_audit_slot(conn, "marts", "run-c") == "marts_audit_1"
+        assert claim_audit_slot(conn, "raw", "run-c") == "raw_audit_1"  # layers number apart
+        assert held_audit_schema(conn, "marts", "run-b") == "marts_audit_2"  # rejected: kept, still held
 
 
 def test_user_index_is_numbered_as_the_marts_are_read(tmp_path: Path) -> None:

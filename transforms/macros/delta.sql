@@ -1,10 +1,23 @@
-{#- Incremental builds. The Dagster dbt step sets var `delta` when only daily drops arrived since the
-    published marts were built: {"since_load_seq": K, "drop_dates": [...], "published_schema": "marts"}.
-    The per-user marts are then built for the users those drops touch (`int_touched_users`) and merged into
-    the published ones at publish, in one transaction; without the var every model is built whole. -#}
+{#- Incremental builds. When only daily drops arrived since the published marts were built, the Dagster
+    dbt step writes the delta into the audit schema's one-row table `dbt_delta` before dbt runs:
+    {"since_load_seq": K, "drop_dates": [...], "published_schema": "marts"}. The per-user marts are then
+    built for the users those drops touch (`int_touched_users`) and merged into the published ones at
+    publish, in one transaction; without it (or with null) every model is built whole.
+    A table read when the models run, not a var: vars are part of dbt's parse, and a build with the same
+    vars as the last one reuses that parse (partial parsing). Models that ref() more in a delta branch
+    say so with `-- depends_on:` (at parse time there is no delta). -#}
 
 {% macro delta() -%}
-    {{ return(var('delta', none)) }}
+    {%- if not execute -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set plan = adapter.get_relation(
+        database=target.database, schema=var('marts_audit_schema', 'marts_audit'), identifier='dbt_delta'
+    ) -%}
+    {%- if plan is none -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {{ return(fromjson(run_query('select delta::varchar from ' ~ plan).columns[0].values()[0] or 'null')) }}
 {%- endmacro %}
 
 {#- Keep only the rows of users the delta touches (nothing to filter on a whole build). -#}

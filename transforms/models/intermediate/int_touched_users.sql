@@ -3,6 +3,7 @@
 -- cold-item status moved (it changes their `is_cold_item` / held-out rows). A table in the run's audit
 -- schema: the marts of the build filter on it, and publish replaces exactly these users' rows.
 -- Empty on a whole build (publish then replaces every mart whole).
+-- depends_on: {{ ref('int_cold_items') }}
 {{ config(materialized='table', schema='marts_audit') }}
 {% set d = delta() %}
 {% if d %}
