@@ -129,7 +129,7 @@ def models_digest(project: DbtProject = dbt_project) -> str:
 
 
 def plan_delta(conn, config: DbtBuildConfig) -> tuple[dict[str, Any] | None, int | None, str]:
-    """Whether this build can be incremental: ``(delta var or None, raw load number it covers, why)``.
+    """Whether this build can be incremental: ``(delta or None, raw load number it covers, why)``.
     It can when the published marts were built by the same models from the same vars and every raw
     load since is a daily drop; the delta names those drops (``transforms/macros/delta.sql``)."""
     if not table_exists(conn, RAW_SCHEMA, "load_log"):
