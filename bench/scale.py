@@ -320,6 +320,8 @@ def main() -> None:
 
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     for spec in args.sizes:
         events = int(float(spec.split(":")[0]))
         with tempfile.TemporaryDirectory(dir=args.work) as tmp:
