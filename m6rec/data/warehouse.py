@@ -123,8 +123,8 @@ def claim_audit_slot(conn: duckdb.DuckDBPyConnection, layer: str, run_id: str) -
 
     Numbered rather than named after the run (as :func:`audit_schema` names the raw layer's): dbt bakes
     the schema name into its parsed project, and with a name it has seen before it reuses its saved
-    parse (``partial_parse.msgpack``) — a new name each run made every build parse the project again,
-    ~4 s of a ~30 s daily drop at 10^7 events."""
+    parse (``partial_parse.msgpack``) — a new name each run made every build parse the whole project
+    again, a cost each daily drop paid whatever its size (docs/benchmarks.md, the cost curve)."""
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {AUDIT_SLOTS_TABLE} "
         "(schema_name VARCHAR PRIMARY KEY, layer VARCHAR, run_id VARCHAR, claimed_at TIMESTAMP)"
