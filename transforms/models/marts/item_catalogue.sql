@@ -22,22 +22,22 @@ transitions as (
     where n >= {{ var('watched_next_min_count') }}
 ),
 
-next_ranked as (
-    select
-        t.item_id,
-        t.next_item_id,
-        row_number() over (
-            partition by t.item_id order by t.n / sqrt(s.n_train) desc, t.next_item_id
-        ) as k
-    from transitions as t
-    inner join train_stats as s on t.next_item_id = s.item_id
-),
-
+-- each item's best `watched_next_count` followers, best first (equal scores in id order)
 watched_next as (
-    select item_id, list(next_item_id order by k) as watched_next_ids
-    from next_ranked
-    where k <= {{ var('watched_next_count') }}
-    group by item_id
+    {%- if var('watched_next_count') | int > 0 %}
+        select
+            t.item_id,
+            min_by(
+                t.next_item_id,
+                {'score': -(t.n / sqrt(s.n_train)), 'next_item_id': t.next_item_id},
+                {{ var('watched_next_count') | int }}
+            ) as watched_next_ids
+        from transitions as t
+        inner join train_stats as s on t.next_item_id = s.item_id
+        group by t.item_id
+    {%- else %}
+        select item_id, []::varchar [] as watched_next_ids from transitions where false
+    {%- endif %}
 ),
 
 ranked as (
