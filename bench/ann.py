@@ -23,6 +23,7 @@ Rows already in the file are kept unless measured again (each row names the comm
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -109,6 +110,8 @@ LIBRARIES = {
     "faiss IVF-Flat": faiss_ivf,
     "hnswlib HNSW (M=32)": hnswlib_hnsw,
 }
+# the rows whose library the project does not install (only compared here): `pip install hnswlib`
+OPTIONAL_MODULES = {"hnswlib HNSW (M=32)": "hnswlib"}
 
 
 def tuned_effort(set_effort: Callable, search: Callable, vectors: np.ndarray, tune: np.ndarray) -> int:
@@ -227,6 +230,10 @@ def main() -> None:
             out.write_text(json.dumps(report, indent=2) + "\n")
             continue
         for name in args.libraries:
+            module = OPTIONAL_MODULES.get(name)
+            if module and importlib.util.find_spec(module) is None:
+                print(f"{n} {name}: skipped, {module} is not installed (pip install {module})", flush=True)
+                continue  # the row of an earlier run, if any, stays
             command = f"python bench/ann.py --sizes {n} --libraries '{name}'"
             row["libraries"][name] = {"command": command, **measure(name, vectors, tune, test)}
             print(n, name, row["libraries"][name], flush=True)
