@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from m6rec.models.backbones import CausalLM
-from m6rec.models.grounded_decoding import citable_facts, grounded_continuation
+from m6rec.models.grounded_decoding import citable_facts, grounded_continuations
 from m6rec.models.tuning import OptionTuningModel, TuningReport, apply_tuning
 from m6rec.text.textify import (
     DEFAULT_STYLE,
@@ -534,11 +534,11 @@ def explain_batch(
     seed: int | None = None,
     style: TextStyle = DEFAULT_STYLE,
     max_events: int | None = 10,
-    batch_size: int = 8,
+    batch_size: int = 32,
     is_like: Callable[[float], bool] | None = None,
 ) -> list[str]:
     """:func:`explain` for many ``(profile, history, candidate, now_ts)`` cases, generated in batches
-    (one by one, greedy, when ``is_like`` asks for decoding grounded in the history's facts)."""
+    (greedy, when ``is_like`` asks for decoding grounded in the history's facts)."""
     prompts, statements = [], []
     for profile, history, candidate, now_ts in cases:
         prompt, statement = explanation_prompt(
@@ -547,16 +547,17 @@ def explain_batch(
         prompts.append(prompt)
         statements.append(statement)
     if is_like is not None:
-        texts = [
-            grounded_continuation(
-                lm,
-                prompt,
-                citable_facts(candidate, history[-max_events:] if max_events else history, is_like, style),
-                model=model,
-                max_new_tokens=max_new_tokens,
-            )
-            for prompt, (_, history, candidate, _) in zip(prompts, cases, strict=True)
-        ]
+        texts = grounded_continuations(
+            lm,
+            prompts,
+            [
+                citable_facts(candidate, history[-max_events:] if max_events else history, is_like, style)
+                for _, history, candidate, _ in cases
+            ],
+            model=model,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
     else:
         texts = [
             c.text

@@ -5,7 +5,7 @@ A 135M-parameter model tuned on a few dozen explanations learns their shape ("he
 stars, and it shares its genre (<genres>)") long before it learns to fill the slots right: measured
 on valid events, half of its tuned explanations cited a wrong rating or a genre the item does not have
 (bench/results/explanations.json holds the served numbers). So the slots are constrained while it
-decodes (greedy, one sequence, its key/value cache reused):
+decodes (greedy; many explanations decode together, one key/value cache for the batch):
 
 - **title**: right after a citing verb ("rated", "liked", "watched", ...), the next tokens must spell
   the display title ("Heat (1995)") of a history item that is evidence for the candidate (liked or
@@ -38,7 +38,7 @@ from m6rec.models.backbones import CausalLM
 from m6rec.text.explanations import display_title, find_evidence, shared_genres
 from m6rec.text.textify import DEFAULT_STYLE, Event, ItemText, TextStyle, rating_amount
 
-__all__ = ["CitableFacts", "citable_facts", "grounded_continuation"]
+__all__ = ["CitableFacts", "citable_facts", "grounded_continuations"]
 
 CITING_VERB = re.compile(r"\b(rated|liked|loved|enjoyed|watched|saw)$")
 LIKE_VERBS = ("liked", "loved", "enjoyed")
@@ -130,88 +130,153 @@ def _without_last_clause(text: str) -> str:
     return head.rstrip() + "." if head.strip() else ""
 
 
+class _Slots:
+    """One row's decoding state (see the module docstring): given the model's next-token logits,
+    :meth:`choose` picks the token (forced, inside a title trie, or free) and fills the slots; the row is
+    done at end-of-sequence, at the token budget, or when a clause cannot be completed truthfully."""
+
+    def __init__(self, lm: CausalLM, facts: CitableFacts, max_new_tokens: int) -> None:
+        self.lm, self.facts, self.max_new_tokens = lm, facts, max_new_tokens
+        self.generated: list[int] = []
+        self.forced: list[int] = []
+        self.node: _Node | None = None  # inside a title slot: where in the trie
+        self.verb, self.cited = "", None
+        self.listed: list[Event] = []  # titles cited in the current list ("X and Y")
+        self.slot_end = -1  # length of the decoded text when the last title slot was filled
+        self.slot_start = 0  # generated tokens before the open title slot
+        self.early: str | None = None  # the text when a clause ended the row before the budget
+        self.done = max_new_tokens <= 0
+
+    def _rating_tokens(self, event: Event | None) -> list[int]:
+        if self.verb != "rated" or event is None or event.rating is None:
+            return []
+        text = " " + rating_amount(event.rating, self.facts.style)
+        return self.lm.tokenizer.encode(text, add_special_tokens=False)
+
+    def _end(self, text: str) -> int | None:
+        self.early, self.done = text, True
+        return None
+
+    def choose(self, logits: torch.Tensor) -> int | None:
+        """The next token to feed the model, or None when the row is done."""
+        tok = self.lm.tokenizer
+        node = self.node
+        if node is not None and node.event is not None and int(logits.argmax()) not in node.children:
+            # the slot is filled: the title is spelled out, or the model does not go on from a whole
+            # title ("Heat" when "Heat Wave" is citable too)
+            self.cited, self.node = node.event, None
+            self.listed.append(self.cited)
+            self.slot_end = len(tok.decode(self.generated, skip_special_tokens=True))
+            self.forced = self._rating_tokens(self.cited)
+        forced = bool(self.forced)
+        if forced:
+            token = self.forced.pop(0)
+        elif self.node is not None:
+            allowed = list(self.node.children)
+            token = allowed[int(logits[allowed].argmax())]
+        else:
+            token = int(logits.argmax())
+        self.generated.append(token)
+        if token == tok.eos_token_id:
+            self.done = True
+            return None
+        if self.node is not None:
+            self.node = self.node.children[token]  # a spelled-out title (a leaf) is filled at the next step
+        elif not forced:
+            text = tok.decode(self.generated, skip_special_tokens=True)
+            if self.slot_end >= 0 and text[self.slot_end :] == LIST_AND:  # another title of the same list
+                trie = _title_trie(self.lm, self.facts.citable(self.verb, self.listed))
+                if len(self.listed) >= MAX_LISTED or not trie.children:
+                    return self._end(_close_list(text))
+                self.node, self.slot_start = trie, len(self.generated)
+            elif m := CITING_VERB.search(text):
+                self.verb, self.listed = m.group(1), []
+                trie = _title_trie(self.lm, self.facts.citable(self.verb))
+                if trie.children:
+                    self.node, self.slot_start = trie, len(self.generated)
+                elif self.verb in LIKE_VERBS and self.facts.items:  # only disliked items: no such clause
+                    return self._end(_without_open_clause(text[: m.start()]))
+            elif m := GENRE_LIST.search(text):  # the list; the sentence ends as the tuned format does
+                shared = self.facts.shared_genres(self.cited)
+                if not shared:  # nothing to list: the clause that announced a shared genre goes
+                    return self._end(_without_last_clause(text[: m.start()]))
+                self.forced = [
+                    *tok.encode(", ".join(shared) + ").", add_special_tokens=False),
+                    tok.eos_token_id,
+                ]
+        if len(self.generated) >= self.max_new_tokens:
+            self.done = True
+            return None
+        return token
+
+    def text(self) -> str:
+        """The continuation as decoded, without a half-spelled title the budget cut short."""
+        if self.early is not None:
+            return self.early
+        tok = self.lm.tokenizer
+        if self.node is not None and self.node.children:  # the budget ran out inside a title
+            text = tok.decode(self.generated[: self.slot_start], skip_special_tokens=True)
+            return _close_list(text) if text.endswith(LIST_AND) else _without_open_clause(text)
+        return tok.decode(self.generated, skip_special_tokens=True)
+
+
 @torch.no_grad()
-def grounded_continuation(
+def grounded_continuations(
     lm: CausalLM,
-    prompt: str,
-    facts: CitableFacts,
+    prompts: Sequence[str],
+    facts: Sequence[CitableFacts],
     *,
     model: nn.Module | None = None,
     max_new_tokens: int = 48,
     max_length: int | None = 512,
-) -> str:
-    """Greedy continuation of ``prompt`` with the fact slots constrained to ``facts`` (see the module
-    docstring); stops at end-of-sequence or after ``max_new_tokens`` tokens (forced ones count)."""
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of ``prompts``, each with its fact slots constrained to its ``facts`` (see the
+    module docstring); a row stops at end-of-sequence or after ``max_new_tokens`` tokens (forced ones
+    count). Rows decode together, ``batch_size`` at a time (left-padded, one key/value cache): on a CPU a
+    one-token step costs about as much for 30 rows as for one, since it is the weights' reading."""
+    if len(prompts) != len(facts):
+        raise ValueError(f"{len(prompts)} prompts but {len(facts)} fact sets")
     model = lm.model if model is None else model
     backbone = getattr(model, "backbone", model)  # an option-tuned model generates with its LM
     device = next(backbone.parameters()).device
     tok = lm.tokenizer
-    eos = tok.eos_token_id
-    limit = max_length or lm.max_length
-    ids = tok.encode(prompt, add_special_tokens=False)
-    ids = ids[max(0, len(ids) - (limit - max_new_tokens)) :]
-
-    def rating_tokens(event: Event | None) -> list[int]:
-        if verb != "rated" or event is None or event.rating is None:
-            return []
-        return tok.encode(" " + rating_amount(event.rating, facts.style), add_special_tokens=False)
-
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    keep = (max_length or lm.max_length) - max_new_tokens
+    encoded = [tok.encode(p, add_special_tokens=False) for p in prompts]
+    encoded = [ids[max(0, len(ids) - keep) :] for ids in encoded]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # little padding in a batch
+    texts: list[str] = [""] * len(prompts)
     was_training = backbone.training
     backbone.eval()
     try:
-        out = backbone(input_ids=torch.tensor([ids], device=device), use_cache=True)
-        cache, logits = out.cache, out.logits[0, -1]
-        generated: list[int] = []
-        forced: list[int] = []
-        node: _Node | None = None  # inside a title slot: where in the trie
-        verb, cited = "", None
-        listed: list[Event] = []  # titles cited in the current list ("X and Y")
-        slot_end = -1  # length of the decoded text when the last title slot was filled
-        slot_start = 0  # generated tokens before the open title slot
-        while len(generated) < max_new_tokens:
-            if node is not None and node.event is not None and int(logits.argmax()) not in node.children:
-                # the slot is filled: the title is spelled out, or the model does not go on from a whole
-                # title ("Heat" when "Heat Wave" is citable too)
-                cited, node = node.event, None
-                listed.append(cited)
-                slot_end = len(tok.decode(generated, skip_special_tokens=True))
-                forced = rating_tokens(cited)
-            if forced:
-                token = forced.pop(0)
-            elif node is not None:
-                allowed = list(node.children)
-                token = allowed[int(logits[allowed].argmax())]
-            else:
-                token = int(logits.argmax())
-            generated.append(token)
-            if token == eos:
-                break
-            if node is not None:
-                node = node.children[token]  # a spelled-out title (a leaf) is filled at the next step
-            elif not forced:
-                text = tok.decode(generated, skip_special_tokens=True)
-                if slot_end >= 0 and text[slot_end:] == LIST_AND:  # another title of the same list
-                    trie = _title_trie(lm, facts.citable(verb, listed))
-                    if len(listed) >= MAX_LISTED or not trie.children:
-                        return _close_list(text)
-                    node, slot_start = trie, len(generated)
-                elif m := CITING_VERB.search(text):
-                    verb, listed = m.group(1), []
-                    trie = _title_trie(lm, facts.citable(verb))
-                    if trie.children:
-                        node, slot_start = trie, len(generated)
-                    elif verb in LIKE_VERBS and facts.items:  # only disliked items to cite: no such clause
-                        return _without_open_clause(text[: m.start()])
-                elif m := GENRE_LIST.search(text):  # the list; the sentence ends as the tuned format does
-                    shared = facts.shared_genres(cited)
-                    if not shared:  # nothing to list: the clause that announced a shared genre goes
-                        return _without_last_clause(text[: m.start()])
-                    forced = [*tok.encode(", ".join(shared) + ").", add_special_tokens=False), eos]
-            out = backbone(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[0, -1]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            slots = [_Slots(lm, facts[i], max_new_tokens) for i in rows]
+            width = max(len(encoded[i]) for i in rows)
+            lengths = [len(encoded[i]) for i in rows]
+            ids = torch.tensor([[pad] * (width - n) + encoded[i] for i, n in zip(rows, lengths, strict=True)])
+            mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+            ids, mask = ids.to(device), mask.to(device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = backbone(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            )
+            cache, logits = out.cache, out.logits[:, -1]
+            while True:
+                fed = [s.choose(logits[j]) if not s.done else None for j, s in enumerate(slots)]
+                live = torch.tensor([t is not None for t in fed], device=device)
+                if not live.any():
+                    break
+                step = torch.tensor([[pad if t is None else t] for t in fed], device=device)
+                mask = torch.cat([mask, live.long()[:, None]], dim=1)
+                positions = positions[:, -1:] + 1
+                out = backbone(
+                    input_ids=step, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+                )
+                cache, logits = out.cache, out.logits[:, -1]
+            for i, s in zip(rows, slots, strict=True):
+                texts[i] = s.text()
     finally:
         backbone.train(was_training)
-    if node is not None and node.children:  # the budget ran out inside a title: no half title is stated
-        text = tok.decode(generated[:slot_start], skip_special_tokens=True)
-        return _close_list(text) if text.endswith(LIST_AND) else _without_open_clause(text)
-    return tok.decode(generated, skip_special_tokens=True)
+    return texts

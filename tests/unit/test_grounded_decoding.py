@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from m6rec.models import backbones as bb
-from m6rec.models.grounded_decoding import citable_facts, grounded_continuation
+from m6rec.models.grounded_decoding import citable_facts, grounded_continuations
 from m6rec.text.textify import Event, ItemText
 
 ALIEN = ItemText("Alien", 1979, ("Horror", "Sci-Fi"))
@@ -34,11 +34,11 @@ class ScriptedLM(nn.Module):
         self.script = tokenizer.encode(script, add_special_tokens=False)
         self.eos = tokenizer.eos_token_id
 
-    def forward(self, input_ids, cache=None, use_cache=True):
+    def forward(self, input_ids, cache=None, use_cache=True, **_):
         seen = (cache or 0) + input_ids.shape[1]
         step = seen - self.prompt_tokens
-        logits = torch.zeros(1, input_ids.shape[1], self.vocab)
-        logits[0, -1, self.script[step] if step < len(self.script) else self.eos] = 10.0
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[:, -1, self.script[step] if step < len(self.script) else self.eos] = 10.0
         return SimpleNamespace(logits=logits, cache=seen)
 
 
@@ -47,19 +47,25 @@ def tokenizer(causal_tokenizer):
     return causal_tokenizer
 
 
-def _continue(tokenizer, script: str, history: list[Event], max_new_tokens: int = 40) -> str:
-    prompt = "A user. Will they like Aliens (1986)? Yes. They will like it because"
-    n = len(tokenizer.encode(prompt, add_special_tokens=False))
-    lm = bb.CausalLM(
-        model=ScriptedLM(tokenizer, n, script),
+PROMPT = "A user. Will they like Aliens (1986)? Yes. They will like it because"
+
+
+def _scripted(tokenizer, script: str) -> bb.CausalLM:
+    return bb.CausalLM(
+        model=ScriptedLM(tokenizer, len(tokenizer.encode(PROMPT, add_special_tokens=False)), script),
         tokenizer=tokenizer,
         name="scripted",
         hidden_size=1,
         num_layers=1,
         max_length=512,
     )
+
+
+def _continue(tokenizer, script: str, history: list[Event], max_new_tokens: int = 40) -> str:
     facts = citable_facts(CANDIDATE, history, LIKE)
-    return grounded_continuation(lm, prompt, facts, max_new_tokens=max_new_tokens)
+    return grounded_continuations(
+        _scripted(tokenizer, script), [PROMPT], [facts], max_new_tokens=max_new_tokens
+    )[0]
 
 
 def test_the_rating_and_the_shared_genres_come_from_the_history(tokenizer) -> None:
@@ -136,3 +142,37 @@ def test_lists_stop_at_two_titles_and_a_title_cut_by_the_budget_is_dropped(token
         tokenizer.encode(" it fits his history (most recently he liked Alien", add_special_tokens=False)
     )
     assert _continue(tokenizer, script, history, max_new_tokens=budget) == " it fits his history."
+
+
+def test_rows_decoded_together_fill_their_own_slots(tokenizer) -> None:
+    histories = [
+        [Event(FARGO, 1, 5.0), Event(ALIEN, 2, 5.0)],  # Alien shares Sci-Fi
+        [Event(FARGO, 1, 5.0)],  # nothing shared
+        [Event(ALIEN, 1, 1.0), Event(HEAT, 2, 2.0)],  # only disliked items
+        [Event(STAR_WARS, 1, 4.0), Event(HEAT, 2, 5.0)],
+    ]
+    script = " he rated Alien (1979) 4 stars, and it shares its genre (Horror"
+    facts = [citable_facts(CANDIDATE, h, LIKE) for h in histories]
+    together = grounded_continuations(_scripted(tokenizer, script), [PROMPT] * 4, facts, max_new_tokens=40)
+    alone = [_continue(tokenizer, script, h) for h in histories]
+    assert together == alone
+    assert together[0] == " he rated Alien (1979) 5 stars, and it shares its genre (Sci-Fi)."
+    assert len(set(together)) == 4
+    with pytest.raises(ValueError, match="2 prompts but 1 fact sets"):
+        grounded_continuations(_scripted(tokenizer, script), [PROMPT] * 2, facts[:1])
+
+
+def test_a_padded_batch_decodes_as_each_prompt_alone(tokenizer) -> None:
+    """Prompts of different lengths share a left-padded batch and one key/value cache: a real (tiny,
+    random) Llama writes the same greedy continuations as it does for each prompt on its own."""
+    lm = bb.tiny_causal_lm(seed=3, tokenizer=tokenizer)
+    prompts = [PROMPT, "He rated Heat (1995) 5 stars. " + PROMPT, "Fargo (1996). " * 6 + PROMPT]
+    histories = [[Event(HEAT, 1, 5.0)], [Event(STAR_WARS, 1, 4.0), Event(ALIEN, 2, 5.0)], []]
+    facts = [citable_facts(CANDIDATE, h, LIKE) for h in histories]
+    alone = [
+        grounded_continuations(lm, [p], [f], max_new_tokens=12)[0]
+        for p, f in zip(prompts, facts, strict=True)
+    ]
+    assert all(alone)
+    assert grounded_continuations(lm, prompts, facts, max_new_tokens=12) == alone
+    assert grounded_continuations(lm, prompts, facts, max_new_tokens=12, batch_size=2) == alone
