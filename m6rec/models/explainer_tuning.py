@@ -9,8 +9,10 @@ serving prompt (:func:`m6rec.models.generation.explanation_prompt`). The loss co
 continuation's tokens, so the model learns what to say after "because", not to reproduce the prompt.
 
 Cost on a CPU is what decides the shape (the M6-Rec argument, DESIGN.md §4): LoRA sits on the top
-``top_layers`` decoder layers only, so the backward pass stops there, and only the continuation's
-logits are computed (the vocabulary projection of every prompt position would cost more than a layer).
+``top_layers`` decoder layers only, so the backward pass stops there; the frozen layers below run once
+per example before the first epoch and their output is cached (every epoch then runs the top layers
+only); and only the continuation's logits are computed (the vocabulary projection of every prompt
+position would cost more than a layer).
 
 The check (:func:`check_explainer`) is the rule set of :mod:`m6rec.evaluation.explanations` over the
 explanations the tuned model writes for a seeded sample of users' *valid* events (never test): the
@@ -19,10 +21,11 @@ pipeline records it as metadata and the promotion gate reads it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,19 +166,26 @@ def explanation_cases(
 # tuning
 
 
-def _encode_pairs(
+def _token_rows(
     lm: CausalLM, prompts: Sequence[str], targets: Sequence[str], max_length: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Left-padded ``prompt + target + eos`` rows, a mask of the target tokens, and how many final
-    positions hold every row's target (the logits to compute). Prompts lose their oldest tokens when a
-    row is longer than ``max_length``; prompt and target are tokenised apart, as generation sees them."""
+) -> list[tuple[list[int], list[int]]]:
+    """``(prompt ids, target ids + eos)`` per pair. Prompts lose their oldest tokens when a row is longer
+    than ``max_length``; prompt and target are tokenised apart, as generation sees them."""
     tok = lm.tokenizer
     rows = []
     for prompt, target in zip(prompts, targets, strict=True):
         t_ids = tok.encode(target, add_special_tokens=False) + [tok.eos_token_id]
         p_ids = tok.encode(prompt, add_special_tokens=False)
-        p_ids = p_ids[max(0, len(p_ids) + len(t_ids) - max_length) :]
-        rows.append((p_ids, t_ids))
+        rows.append((p_ids[max(0, len(p_ids) + len(t_ids) - max_length) :], t_ids))
+    return rows
+
+
+def _pad_rows(
+    lm: CausalLM, rows: Sequence[tuple[list[int], list[int]]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Left-padded ``prompt + target`` rows, their attention mask, a mask of the target tokens, and how
+    many final positions hold every row's target (the logits to compute)."""
+    tok = lm.tokenizer
     width = max(len(p) + len(t) for p, t in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = torch.tensor([[pad] * (width - len(p) - len(t)) + p + t for p, t in rows])
@@ -185,16 +195,25 @@ def _encode_pairs(
 
 
 def continuation_loss(
-    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, is_target: torch.Tensor, longest: int
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    is_target: torch.Tensor,
+    longest: int,
+    states: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the target tokens; only the last ``longest + 1`` positions' logits are
-    computed (the targets sit at the end of every left-padded row)."""
+    computed (the targets sit at the end of every left-padded row). With ``states`` (the cached output
+    of the frozen lower layers, in :func:`_upper_layers_only`) the model starts from them instead of
+    the tokens."""
     keep = longest + 1
+    inputs = {"input_ids": ids} if states is None else {"inputs_embeds": states}
     logits = model(
-        input_ids=ids,
+        **inputs,
         attention_mask=mask,
         position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
         logits_to_keep=keep,
+        use_cache=False,
     ).logits[:, :-1]
     labels = ids[:, -longest:].masked_fill(~is_target[:, -longest:], -100)
     return F.cross_entropy(
@@ -207,6 +226,70 @@ def _top_layer_targets(lm: CausalLM, top_layers: int) -> dict[str, Any]:
     if top_layers <= 0 or top_layers >= lm.num_layers:
         return {}
     return {"layers_to_transform": list(range(lm.num_layers - top_layers, lm.num_layers))}
+
+
+def _decoder_stack(model: nn.Module) -> nn.Module | None:
+    """The decoder of a Llama-style causal LM (plain or peft): the module holding ``layers`` (run in
+    order from the token embeddings) and the final ``norm``; None for a layout the lower-layer cache
+    does not know (then every step runs every layer)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None)
+    if isinstance(getattr(inner, "layers", None), nn.ModuleList) and hasattr(inner, "norm"):
+        return inner
+    return None
+
+
+@contextlib.contextmanager
+def _layers_only(stack: nn.Module, start: int, stop: int | None, *, final_norm: bool) -> Iterator[None]:
+    """Within the block the model runs decoder layers ``start:stop`` only (the same modules: no copy),
+    from ``inputs_embeds`` when ``start > 0``; without ``final_norm`` its last hidden state is what the
+    next layer would read."""
+    layers, norm = stack.layers, stack.norm
+    stack.layers = nn.ModuleList(list(layers)[start:stop])
+    if not final_norm:
+        stack.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        stack.layers, stack.norm = layers, norm
+
+
+def _lower_layers_only(stack: nn.Module, split: int):
+    return _layers_only(stack, 0, split, final_norm=False)
+
+
+def _upper_layers_only(stack: nn.Module, split: int):
+    return _layers_only(stack, split, None, final_norm=True)
+
+
+@torch.no_grad()
+def _lower_states(
+    lm: CausalLM, stack: nn.Module, rows: Sequence[tuple[list[int], list[int]]], split: int
+) -> list[torch.Tensor]:
+    """Each row's hidden states after the frozen lower ``split`` layers (``[tokens, hidden]``, no
+    padding): computed once, read by every epoch — the M6-Rec way of tuning on a CPU (DESIGN.md §4)."""
+    device = next(stack.parameters()).device
+    out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: sum(map(len, rows[i])))  # little padding
+    with _lower_layers_only(stack, split):
+        for start in range(0, len(order), 8):
+            idx = order[start : start + 8]
+            ids, mask, _, _ = _pad_rows(lm, [rows[i] for i in idx])
+            hidden = stack(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                use_cache=False,
+            ).last_hidden_state
+            for j, i in enumerate(idx):
+                out[i] = hidden[j, ids.shape[1] - sum(map(len, rows[i])) :].clone()
+    return out
+
+
+def _pad_states(states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Left-padded ``[batch, width, hidden]`` (zeros where the attention mask is 0)."""
+    width = max(len(x) for x in states)
+    return torch.stack([F.pad(x, (0, 0, width - len(x), 0)) for x in states])
 
 
 def tune_explainer(
@@ -243,13 +326,20 @@ def tune_explainer(
     model, report = apply_tuning(
         lm.model, "lora", r=config.lora_r, dropout=0.0, **_top_layer_targets(lm, config.top_layers)
     )
-    if log:
-        log(f"explainer tuning: {report} on {len(cases)} explanations")
     device = next(model.parameters()).device
+    rows = _token_rows(lm, prompts, targets, config.max_length)
+    # LoRA on the top layers only: the frozen layers below them run once per example, not per epoch
+    split = lm.num_layers - config.top_layers if 0 < config.top_layers < lm.num_layers else 0
+    stack = _decoder_stack(model) if split else None
+    states = _lower_states(lm, stack, rows, split) if stack is not None else None
+    if log:
+        cached = f"; layers 1-{split} run once (cached)" if states is not None else ""
+        log(f"explainer tuning: {report} on {len(cases)} explanations{cached}")
     order = list(range(len(cases)))
 
     def collate(idx: list[int]):
-        return _encode_pairs(lm, [prompts[i] for i in idx], [targets[i] for i in idx], config.max_length)
+        batch = _pad_rows(lm, [rows[i] for i in idx])
+        return (*batch, None if states is None else _pad_states([states[i] for i in idx]))
 
     loader = torch.utils.data.DataLoader(
         order,
@@ -260,8 +350,12 @@ def tune_explainer(
     )
 
     def loss_fn(m: nn.Module, batch) -> torch.Tensor:
-        ids, mask, is_target, longest = batch
-        return continuation_loss(m, ids.to(device), mask.to(device), is_target.to(device), longest)
+        ids, mask, is_target, longest, lower = batch
+        args = (m, ids.to(device), mask.to(device), is_target.to(device), longest)
+        if lower is None:
+            return continuation_loss(*args)
+        with _upper_layers_only(stack, split):
+            return continuation_loss(*args, states=lower.to(device))
 
     evaluations = {"n": 0}
 

@@ -12,7 +12,12 @@ from m6rec.evaluation.explanations import check_explanation
 from m6rec.models import backbones as bb
 from m6rec.models.explainer_tuning import (
     ExplainerTuningConfig,
-    _encode_pairs,
+    _decoder_stack,
+    _lower_states,
+    _pad_rows,
+    _pad_states,
+    _token_rows,
+    _upper_layers_only,
     check_explainer,
     continuation_loss,
     explanation_cases,
@@ -99,7 +104,7 @@ def test_the_target_cites_the_newest_liked_item_of_a_shared_genre_with_its_ratin
 def test_loss_is_the_cross_entropy_of_the_continuation_only(lm) -> None:
     prompts = ["Hello there, because", "A longer prompt than the other one, because"]
     targets = [" he liked it.", " of the genre"]
-    ids, mask, is_target, longest = _encode_pairs(lm, prompts, targets, max_length=64)
+    ids, mask, is_target, longest = _pad_rows(lm, _token_rows(lm, prompts, targets, max_length=64))
     assert ids.shape[0] == 2 and bool((is_target <= mask.bool()).all())
     loss = continuation_loss(lm.model, ids, mask, is_target, longest)
     # by hand: each row alone, unpadded, with HF's own shifted loss over the target tokens (+ eos)
@@ -113,8 +118,29 @@ def test_loss_is_the_cross_entropy_of_the_continuation_only(lm) -> None:
         total += float(out.loss) * len(t)
         count += len(t)
     assert float(loss) == pytest.approx(total / count, rel=1e-4)
-    short = _encode_pairs(lm, prompts, targets, max_length=8)[0]
+    short = _pad_rows(lm, _token_rows(lm, prompts, targets, max_length=8))[0]
     assert short.shape[1] <= 8  # prompts lose their oldest tokens, targets are kept
+
+
+def test_the_upper_layers_over_cached_lower_states_give_the_same_loss(lm) -> None:
+    """The lower layers' states, computed once per example without padding, then left-padded into a
+    batch and run through the upper layers only: the loss (and so the gradients) of the whole model."""
+    prompts = ["Hello there, because", "A longer prompt than the other one, because", "Short, because"]
+    targets = [" he liked it.", " of the genre", " yes"]
+    rows = _token_rows(lm, prompts, targets, max_length=64)
+    ids, mask, is_target, longest = _pad_rows(lm, rows)
+    whole = continuation_loss(lm.model, ids, mask, is_target, longest)
+    stack = _decoder_stack(lm.model)
+    for split in (1, 2):
+        states = _lower_states(lm, stack, rows, split)
+        assert [len(x) for x in states] == [len(p) + len(t) for p, t in rows]
+        with _upper_layers_only(stack, split):
+            cached = continuation_loss(lm.model, ids, mask, is_target, longest, states=_pad_states(states))
+        assert float(cached) == pytest.approx(float(whole), rel=1e-4)
+    assert len(stack.layers) == 3 and isinstance(stack.norm, torch.nn.Module)  # restored after use
+    with _upper_layers_only(stack, 1):
+        wrong = continuation_loss(lm.model, ids, mask, is_target, longest, states=_pad_states(states))
+    assert abs(float(wrong) - float(whole)) > 1e-3  # states of the wrong split: a different loss
 
 
 def test_tuning_learns_the_targets_on_the_top_layers_and_merges(lm) -> None:
@@ -125,7 +151,7 @@ def test_tuning_learns_the_targets_on_the_top_layers_and_merges(lm) -> None:
         explanation_prompt(lm, c.profile, c.history, c.candidate, c.now_ts, max_events=3)[0] for c in cases
     ]
     targets = [" " + rated_reason(c.candidate, c.history, c.profile, is_like) for c in cases]
-    batch = _encode_pairs(lm, prompts, targets, max_length=512)
+    batch = _pad_rows(lm, _token_rows(lm, prompts, targets, max_length=512))
     with torch.no_grad():
         before = float(continuation_loss(lm.model, *batch))
     config = ExplainerTuningConfig(examples=8, epochs=6, batch_size=4, lr=1e-2, top_layers=1, max_events=3)
