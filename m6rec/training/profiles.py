@@ -131,8 +131,9 @@ PROFILES = {
             "frozen_retriever": 45,
             "segment_ranker": 40,
         },
-        # SmolLM2's LoRA tuning (top 8 of 30 layers, 64 explanations, 2 epochs: ~90 s on 2 threads)
-        # and its check on 30 valid events fit the main command's budget
+        # SmolLM2's LoRA tuning (top 8 of 30 layers over the cached output of the 22 below, 64
+        # explanations, 2 epochs: ~140 s on 2 threads) and its batched check on 30 valid events (~40 s)
+        # fit the main command's budget
         explainer_tuning=ExplainerTuningConfig(check_users=30),
         sasrec_budget_s=120,
     ),
