@@ -106,7 +106,9 @@ def test_the_service_replaces_a_caught_explanation_by_the_template(tmp_path, mon
         "true": "He will like Movie number 5 (1985) because he liked Movie number 1.",
     }
     for kind, text in answers.items():
-        monkeypatch.setattr(engine, "lm_explanation", lambda *a, text=text: text)
+        monkeypatch.setattr(
+            engine, "lm_explanations", lambda history, ids, profile, text=text: [text] * len(ids)
+        )
         auto = engine.explain(ExplainRequest.model_validate({"history": history, "item_id": "i5"}))
         forced = engine.explain(
             ExplainRequest.model_validate({"history": history, "item_id": "i5", "method": "language_model"})
@@ -116,6 +118,36 @@ def test_the_service_replaces_a_caught_explanation_by_the_template(tmp_path, mon
             assert auto.source == "history" and "documentary" not in auto.explanation
         else:
             assert auto.source == "language_model" and auto.explanation == text
+
+
+def test_recommend_has_the_top_items_explained_in_one_batch(tmp_path, monkeypatch) -> None:
+    """``/recommend`` with ``explain``: the language model writes the top ``lm_explain_top`` items'
+    explanations in one call; one the rules catch, and every item below the top, gets the template."""
+    from m6rec.serving.engine import Engine
+    from m6rec.serving.schemas import RecommendRequest
+    from tests.bundle_fixtures import build_tiny_bundle
+
+    engine = Engine(build_tiny_bundle(tmp_path / "model", explainer=True), device="cpu", lm_explain_top=3)
+    calls: list[list[str]] = []
+
+    def written(history, ids, profile) -> list[str]:
+        calls.append(list(ids))
+        titles = [engine._display(engine.rec.index[i]) for i in ids]
+        return [f"He will like {titles[0]} because it is a documentary."] + [
+            f"He will like {t} because he liked Movie number 1." for t in titles[1:]
+        ]
+
+    monkeypatch.setattr(engine, "lm_explanations", written)
+    history = [{"item_id": "i1", "rating": 5}]
+    top = engine.recommend(RecommendRequest.model_validate({"history": history, "k": 5, "explain": True}))
+    assert calls == [[item.item_id for item in top.items[:3]]]
+    assert [item.explanation_source for item in top.items] == [
+        "history",
+        *["language_model"] * 2,
+        *["history"] * 2,
+    ]
+    assert "documentary" not in top.items[0].explanation
+    assert top.items[1].explanation.endswith("because he liked Movie number 1.")
 
 
 def test_titles_are_not_read_as_claims() -> None:
