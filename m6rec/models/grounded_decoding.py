@@ -233,8 +233,9 @@ def grounded_continuations(
 ) -> list[str]:
     """Greedy continuations of ``prompts``, each with its fact slots constrained to its ``facts`` (see the
     module docstring); a row stops at end-of-sequence or after ``max_new_tokens`` tokens (forced ones
-    count). Rows decode together, ``batch_size`` at a time (left-padded, one key/value cache): on a CPU a
-    one-token step costs about as much for 30 rows as for one, since it is the weights' reading."""
+    count). Rows decode together, ``batch_size`` at a time (left-padded, one key/value cache): one row's
+    one-token step is mostly the reading of the weights, so a step for many rows costs far less than as
+    many steps for one."""
     if len(prompts) != len(facts):
         raise ValueError(f"{len(prompts)} prompts but {len(facts)} fact sets")
     model = lm.model if model is None else model

@@ -178,8 +178,8 @@ class Engine:
     def lm_explanations(
         self, history: Sequence[HistoryEvent], item_ids: Sequence[str], profile: Profile | None
     ) -> list[str]:
-        """The language model's explanations of ``item_ids`` for one history, written in one batch (on a
-        CPU a decoding step costs about as much for five items as for one)."""
+        """The language model's explanations of ``item_ids`` for one history, written in one batch (a
+        decoding step for five items costs little more than for one: it is mostly the weights' reading)."""
         events = [
             Event(item=self.rec.texts[self.rec.index[e.item_id]], ts=e.ts, rating=e.rating) for e in history
         ]
@@ -207,11 +207,11 @@ class Engine:
         asked for ``"history"``; with ``"auto"`` kept only when :meth:`explanation_holds`), else the
         history template."""
         by_lm = [method != "history" and self.lm is not None and bool(history) for method in methods]
-        asked = [item_id for item_id, lm in zip(item_ids, by_lm, strict=True) if lm]
+        asked = [item_id for item_id, use_lm in zip(item_ids, by_lm, strict=True) if use_lm]
         written = iter(self.lm_explanations(history, asked, profile) if asked else [])
         out: list[tuple[str, ExplanationSource]] = []
-        for item_id, method, lm in zip(item_ids, methods, by_lm, strict=True):
-            if lm:
+        for item_id, method, use_lm in zip(item_ids, methods, by_lm, strict=True):
+            if use_lm:
                 text = next(written)
                 if method == "language_model" or self.explanation_holds(text, history, item_id, query):
                     out.append((text, "language_model"))
