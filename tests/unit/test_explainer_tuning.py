@@ -106,7 +106,7 @@ def test_loss_is_the_cross_entropy_of_the_continuation_only(lm) -> None:
     targets = [" he liked it.", " of the genre"]
     ids, mask, is_target, longest = _pad_rows(lm, _token_rows(lm, prompts, targets, max_length=64))
     assert ids.shape[0] == 2 and bool((is_target <= mask.bool()).all())
-    loss = continuation_loss(lm.model, ids, mask, is_target, longest)
+    loss = continuation_loss(lm.model, ids, mask, is_target, longest).detach()
     # by hand: each row alone, unpadded, with HF's own shifted loss over the target tokens (+ eos)
     total, count = 0.0, 0
     for prompt, target in zip(prompts, targets, strict=True):
@@ -129,18 +129,20 @@ def test_the_upper_layers_over_cached_lower_states_give_the_same_loss(lm) -> Non
     targets = [" he liked it.", " of the genre", " yes"]
     rows = _token_rows(lm, prompts, targets, max_length=64)
     ids, mask, is_target, longest = _pad_rows(lm, rows)
-    whole = continuation_loss(lm.model, ids, mask, is_target, longest)
+    whole = continuation_loss(lm.model, ids, mask, is_target, longest).detach()
     stack = _decoder_stack(lm.model)
+    layers, norm = stack.layers, stack.norm
     for split in (1, 2):
         states = _lower_states(lm, stack, rows, split)
         assert [len(x) for x in states] == [len(p) + len(t) for p, t in rows]
         with _upper_layers_only(stack, split):
             cached = continuation_loss(lm.model, ids, mask, is_target, longest, states=_pad_states(states))
-        assert float(cached) == pytest.approx(float(whole), rel=1e-4)
-    assert len(stack.layers) == 3 and isinstance(stack.norm, torch.nn.Module)  # restored after use
+            assert len(stack.layers) == 3 - split
+        assert float(cached.detach()) == pytest.approx(float(whole), rel=1e-4)
+    assert stack.layers is layers and stack.norm is norm and len(layers) == 3  # restored after use
     with _upper_layers_only(stack, 1):
         wrong = continuation_loss(lm.model, ids, mask, is_target, longest, states=_pad_states(states))
-    assert abs(float(wrong) - float(whole)) > 1e-3  # states of the wrong split: a different loss
+    assert abs(float(wrong.detach()) - float(whole)) > 1e-3  # states of the wrong split: a different loss
 
 
 def test_tuning_learns_the_targets_on_the_top_layers_and_merges(lm) -> None:
