@@ -157,6 +157,10 @@ class Engine:
         return str(self.rec.item_ids[idx]), str(self.rec.titles[idx])
 
     # --- explanations ---------------------------------------------------------------------------
+    def _text_events(self, history: Sequence[HistoryEvent]) -> list[Event]:
+        """The request's history as the text layer's events (each item's catalogue text)."""
+        return [Event(self.rec.texts[self.rec.index[e.item_id]], e.ts, e.rating) for e in history]
+
     def _display(self, idx: int) -> str:
         return display_title(self.rec.texts[idx])
 
@@ -171,7 +175,7 @@ class Engine:
         (:func:`m6rec.text.explanations.history_explanation`: liked history items of the candidate's
         genres, by the marts' rule ``rating > like_threshold`` from the bundle's contract; else the
         query; else the recent likes and the candidate's popularity)."""
-        events = [Event(self.rec.texts[self.rec.index[e.item_id]], e.ts, e.rating) for e in history]
+        events = self._text_events(history)
         candidate = self.rec.texts[self.rec.index[item_id]]
         return history_explanation(candidate, events, profile, self.rec.contract.is_like, query)
 
@@ -180,9 +184,7 @@ class Engine:
     ) -> list[str]:
         """The language model's explanations of ``item_ids`` for one history, written in one batch (a
         decoding step for five items costs little more than for one: it is mostly the weights' reading)."""
-        events = [
-            Event(item=self.rec.texts[self.rec.index[e.item_id]], ts=e.ts, rating=e.rating) for e in history
-        ]
+        events = self._text_events(history)
         now = max((e.ts for e in history if e.ts is not None), default=None)
         cases = [(profile, events, self.rec.texts[self.rec.index[i]], now) for i in item_ids]
         with self._lm_lock, torch.no_grad():
@@ -226,7 +228,7 @@ class Engine:
         (:func:`m6rec.evaluation.explanations.check_explanation`): with ``method: "auto"`` one that does
         not is replaced by the history template, so what is served by default is never caught false."""
         texts = self.rec.texts
-        past = [Event(texts[self.rec.index[e.item_id]], e.ts, e.rating) for e in history]
+        past = self._text_events(history)
         check = check_explanation(
             text,
             texts[self.rec.index[item_id]],
