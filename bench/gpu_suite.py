@@ -135,9 +135,12 @@ def main() -> None:
         report["seconds_total"] = round(time.perf_counter() - start, 1)
         Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
 
+    # the models' checkpoints: removed when the suite ends (the results file is what it leaves)
+    checkpoints = tempfile.TemporaryDirectory(prefix="m6rec-gpu-suite-")
+
     def train_config(name: str, metric: str, **changes) -> TrainConfig:
         return TrainConfig(
-            output_dir=tempfile.mkdtemp(prefix=f"gpu_{name}_"),
+            output_dir=str(Path(checkpoints.name) / name),
             max_steps=100_000,
             lr=1e-3,
             eval_every=profile.lm_eval_every,

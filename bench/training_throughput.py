@@ -127,7 +127,8 @@ def main() -> None:
         },
         "models": {},
     }
-    tmp = Path(tempfile.mkdtemp(prefix="m6rec-throughput-"))
+    checkpoints = tempfile.TemporaryDirectory(prefix="m6rec-throughput-")  # removed when the run ends
+    tmp = Path(checkpoints.name)
     if only & {"retriever", "segment_ranker"}:
         cache = SegmentCache.load(args.segments)
     if "retriever" in only:

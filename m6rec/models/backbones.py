@@ -374,6 +374,21 @@ def load_encoder(
 # causal LMs: GGUF -> cached HF checkpoint
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows padded on the left to the longest: ``(ids, attention mask)``. Left, so every row's
+    next token is at the last position (batched scoring, decoding, continuation losses)."""
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[pad_id] * (width - len(row)) + list(row) for row in rows])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    return ids, mask
+
+
+def mask_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: each row's first real token is position 0 (padding reads 0),
+    so a row gets the same positions, hence the same states, whatever the padding beside it."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def _prepare_causal_tokenizer(tokenizer: Any, config: Any) -> None:
     """pad = eos, left padding, a finite model_max_length."""
     if tokenizer.eos_token is None:

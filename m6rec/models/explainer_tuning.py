@@ -36,7 +36,7 @@ from torch import nn
 
 from m6rec.data.marts import RecData, events_of
 from m6rec.evaluation.explanations import ExplanationCheck, check_explanation, summarise
-from m6rec.models.backbones import CausalLM
+from m6rec.models.backbones import CausalLM, left_padded, mask_positions
 from m6rec.models.generation import explain_batch, explanation_prompt
 from m6rec.models.tuning import TuningReport, apply_tuning
 from m6rec.text.explanations import rated_reason
@@ -185,11 +185,8 @@ def _pad_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Left-padded ``prompt + target`` rows, their attention mask, a mask of the target tokens, and how
     many final positions hold every row's target (the logits to compute)."""
-    tok = lm.tokenizer
-    width = max(len(p) + len(t) for p, t in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.tensor([[pad] * (width - len(p) - len(t)) + p + t for p, t in rows])
-    mask = torch.tensor([[0] * (width - len(p) - len(t)) + [1] * (len(p) + len(t)) for p, t in rows])
+    ids, mask = left_padded([p + t for p, t in rows], lm.tokenizer.pad_token_id)
+    width = ids.shape[1]
     is_target = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for _, t in rows], dtype=torch.bool)
     return ids, mask, is_target, max(len(t) for _, t in rows)
 
@@ -211,7 +208,7 @@ def continuation_loss(
     logits = model(
         **inputs,
         attention_mask=mask,
-        position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+        position_ids=mask_positions(mask),
         logits_to_keep=keep,
         use_cache=False,
     ).logits[:, :-1]
@@ -278,7 +275,7 @@ def _lower_states(
             hidden = stack(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                position_ids=mask_positions(mask).to(device),
                 use_cache=False,
             ).last_hidden_state
             for j, i in enumerate(idx):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m6rec.models.backbones import CausalLM
+from m6rec.models.backbones import CausalLM, mask_positions
 from m6rec.models.grounded_decoding import citable_facts, grounded_continuations
 from m6rec.models.tuning import OptionTuningModel, TuningReport, apply_tuning
 from m6rec.text.textify import (
@@ -198,10 +198,6 @@ def _encode(lm: CausalLM, prompts: Sequence[str], max_length: int | None, device
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -220,7 +216,7 @@ def like_logits(
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=_positions(attention_mask),
+        position_ids=mask_positions(attention_mask),
         logits_to_keep=1,
     )
     return out.logits[:, -1, [lm.no_token_id, lm.yes_token_id]]
@@ -669,7 +665,7 @@ def sequence_logprobs(
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
             keep = max(len(pairs[i][1]) for i in idx) + 1
             logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=keep
+                input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), logits_to_keep=keep
             ).logits  # [B, keep, V]: positions width-keep .. width-1
             logp = logits[:, :-1].float().log_softmax(-1)  # predicts tokens width-keep+1 .. width-1
             targets = ids[:, width - keep + 1 :]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from m6rec.models.backbones import CausalLM
+from m6rec.models.backbones import CausalLM, left_padded, mask_positions
 from m6rec.text.explanations import display_title, find_evidence, shared_genres
 from m6rec.text.textify import DEFAULT_STYLE, Event, ItemText, TextStyle, rating_amount
 
@@ -242,7 +242,7 @@ def grounded_continuations(
     backbone = getattr(model, "backbone", model)  # an option-tuned model generates with its LM
     device = next(backbone.parameters()).device
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = tok.pad_token_id
     keep = (max_length or lm.max_length) - max_new_tokens
     encoded = [tok.encode(p, add_special_tokens=False) for p in prompts]
     encoded = [ids[max(0, len(ids) - keep) :] for ids in encoded]
@@ -254,12 +254,9 @@ def grounded_continuations(
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             slots = [_Slots(lm, facts[i], max_new_tokens) for i in rows]
-            width = max(len(encoded[i]) for i in rows)
-            lengths = [len(encoded[i]) for i in rows]
-            ids = torch.tensor([[pad] * (width - n) + encoded[i] for i, n in zip(rows, lengths, strict=True)])
-            mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+            ids, mask = left_padded([encoded[i] for i in rows], pad)
             ids, mask = ids.to(device), mask.to(device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = mask_positions(mask)
             out = backbone(
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
             )

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from m6rec.models.backbones import mask_positions
+
 __all__ = [
     "METHODS",
     "AdaptedFFN",
@@ -282,8 +284,7 @@ class OptionTuningModel(nn.Module):
         prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         embeds = torch.cat([prompt, embeds], dim=1)
         mask = torch.cat([attention_mask.new_ones(batch, self.num_prompt_tokens), attention_mask], dim=1)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        out = self.base(inputs_embeds=embeds, attention_mask=mask, position_ids=mask_positions(mask))
         return out.last_hidden_state, mask
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
