@@ -4,14 +4,16 @@ Every variant trains the text-only LM retriever (``m6rec.models.lm_retrieval``) 
 lower-layer segment states for the same wall-clock budget, selects its weights on valid NDCG@10 and is
 then scored once on test (selection never looks at test):
 
-- ``full``: the default recipe (top layer tuned fully, "often watched next" in item texts, a constant
-  learning rate);
+- ``full``: the default recipe (top layer tuned fully at the new weights' learning rate, 1e-3, "often
+  watched next" in item texts, a constant learning rate);
+- ``low_lm_lr``: the top layer tuned at 1e-4 (the default before this ablation);
 - ``lr_decay``: the learning rate falling linearly to 0 over the budget;
 - ``lora``: LoRA adapters on the top layer instead of full tuning (M6-Rec's ~1%-trainable choice);
 - ``frozen_lm``: the top layer not tuned (heads and embeddings only);
 - ``random_init``: the top layer's architecture from random weights (no pretrained weight);
 - ``no_watched_next``: item texts without the "often watched next" phrase;
-- ``two_layers``: the top two layers tuned over layer-4 states.
+- ``two_layers``: the top two layers tuned over layer-4 states;
+- ``two_layers_lora``: LoRA adapters on the top two layers over layer-4 states.
 
 Usage: python bench/lm_retriever_ablation.py [--budget-s 420] [--threads 2] [--variants full lora ...]
 Writes bench/results/lm_retriever_ablation.json (merged per variant, so variants can run separately).
@@ -50,6 +52,8 @@ VARIANTS = {
     "random_init": ({"pretrained": False}, STYLE, 1, "none"),
     "no_watched_next": ({}, replace(STYLE, with_watched_next=False), 1, "none"),
     "two_layers": ({}, STYLE, 2, "none"),
+    "low_lm_lr": ({"lm_lr": 1e-4}, STYLE, 1, "none"),
+    "two_layers_lora": (LORA_TUNING, STYLE, 2, "none"),
 }
 
 
