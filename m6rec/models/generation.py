@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m6rec.models.backbones import CausalLM, mask_positions
+from m6rec.models.backbones import CausalLM, left_padded, mask_positions
 from m6rec.models.grounded_decoding import citable_facts, grounded_continuations
 from m6rec.models.tuning import OptionTuningModel, TuningReport, apply_tuning
 from m6rec.text.textify import (
@@ -659,10 +659,9 @@ def sequence_logprobs(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-            width = max(len(s) for s in seqs)
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+            ids, mask = left_padded([pairs[i][0] + pairs[i][1] for i in idx], pad)
+            ids, mask = ids.to(device), mask.to(device)
+            width = ids.shape[1]
             keep = max(len(pairs[i][1]) for i in idx) + 1
             logits = model(
                 input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), logits_to_keep=keep
