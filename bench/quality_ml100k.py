@@ -12,11 +12,8 @@ Usage:
   python bench/quality_ml100k.py [--db data/warehouse.duckdb] [--threads 2] [--lm-s 600] [--lora-s 900]
       [--ids-s 180] [--frozen-s 450] [--lm-ranker-s 540] [--ranker-s 300] [--sasrec-s 300]
       [--smollm2-examples 200]
-Budgets are ceilings meant to reach each model's best valid checkpoint on a 2-core CPU. On the 2-core
-host without AVX-512 the LoRA retriever, the LM scorer and the frozen-feature retriever were still
-improving on valid at the old 600 / 300 / 300 s (2026-12-07); at 900 / 540 / 450 s the LoRA retriever
-stopped early, the LM scorer's best came 400 steps before its budget ended, and the frozen-feature one
-(a baseline) was still improving (2026-12-08).
+Budgets are ceilings meant to reach each model's best valid checkpoint on a 2-core CPU, so the rows
+compare models rather than the host's speed (the JSON's ``train`` says where each stopped and why).
 Writes bench/results/quality_ml100k.json (``retrieval`` / ``ctr``: test metrics by row; ``train``:
 budgets, valid metrics and parameter counts by row, ``lm_trainable_parameters`` among them) and prints
 the markdown table.
